@@ -1,0 +1,96 @@
+"""HTTP triggers (functions-framework ASGI mode): invoke, test_channel, health, agent_runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from shared import pipeline, runtime
+from shared.deadline import Deadline
+from shared.intake import BadInput, check_auth, parse_invocation
+from shared.outcomes import http_status, retry_headers
+
+log = logging.getLogger("agent_runtime.http")
+
+
+async def invoke(request: Request) -> JSONResponse:
+    """POST an invocation; the response is its outcome."""
+    rt = runtime.get()
+    try:
+        if request.method != "POST":
+            raise BadInput(405, "use POST")
+        secret = rt.settings.runtime.secret
+        check_auth(secret.get_secret_value() if secret else None, request.headers)
+        invocation = parse_invocation(
+            await _read_body(request, rt.settings.runtime.max_body_bytes), rt.settings.runtime.max_body_bytes
+        )
+    except BadInput as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    try:
+        outcome = await pipeline.run(invocation, rt, delivery_id=request.headers.get("idempotency-key"))
+    except Exception:
+        log.exception("defect while running invocation", extra={"fields": {"agent_id": invocation.agent_id}})
+        return JSONResponse({"error": "internal error"}, status_code=500)
+    return JSONResponse(
+        outcome.model_dump(exclude_none=True), status_code=http_status(outcome), headers=retry_headers(outcome)
+    )
+
+
+# The seed's manual entry point runs the same pipeline and answers with the real outcome.
+test_channel = invoke
+
+
+async def health(request: Request) -> JSONResponse:
+    """The seed's body; with ?deep=1, what each dependency answers when asked."""
+    rt = runtime.get()
+    s = rt.settings
+    body: dict = {"status": "ok", "service": s.service, "version": s.version, "nats_connected": rt.nats_connected()}
+    if request.query_params.get("deep") in ("1", "true", "yes"):
+        deadline = Deadline(min(5.0, s.runtime.deadline_s))
+        names = ("messaging", "memory", "llm")
+        probes = (
+            rt.messaging.endpoint.probe("/health", deadline),
+            rt.memory.endpoint.probe("/health", deadline),
+            rt.llm.endpoint.probe("/internal/llm/models", deadline),
+        )
+        body["dependencies"] = dict(zip(names, await asyncio.gather(*probes), strict=True))
+        if not all(d["ok"] for d in body["dependencies"].values()):
+            body["status"] = "degraded"
+    return JSONResponse(body)
+
+
+ROUTES = {
+    ("GET", "/health"): health,
+    ("POST", "/invoke"): invoke,
+    ("POST", "/internal/agent-runtime/test-channel"): test_channel,
+}
+
+
+async def agent_runtime(request: Request) -> JSONResponse:
+    """Every path of the seed's service in one target."""
+    path = request.url.path.rstrip("/") or "/"
+    handler = ROUTES.get((request.method, path))
+    if handler is None:
+        if request.method == "HEAD" and path == "/health":
+            handler = health
+        elif any(p == path for _, p in ROUTES):
+            return JSONResponse({"error": f"method {request.method} not allowed on {path}"}, status_code=405)
+        else:
+            return JSONResponse({"error": f"no such path: {path}"}, status_code=404)
+    return await handler(request)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BadInput(413, f"body larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadInput(413, f"body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,40 @@
+"""functions-framework source file: every target of the agent runtime.
+
+    functions-framework --target agent_runtime --asgi --port 7006
+
+Handlers are imported on the first request, so a cold start pays only for what it serves.
+"""
+
+from functions_framework import aio
+
+
+@aio.http
+async def invoke(request):
+    """POST an invocation (the router's JSON); answers with the outcome."""
+    from handlers import http
+
+    return await http.invoke(request)
+
+
+@aio.http
+async def test_channel(request):
+    """The seed's manual entry point: POST an invocation, get the outcome."""
+    from handlers import http
+
+    return await http.test_channel(request)
+
+
+@aio.http
+async def health(request):
+    """GET: the service's health; ?deep=1 asks every dependency."""
+    from handlers import http
+
+    return await http.health(request)
+
+
+@aio.http
+async def agent_runtime(request):
+    """The seed's paths in one process: /health, /invoke, /internal/agent-runtime/test-channel."""
+    from handlers import http
+
+    return await http.agent_runtime(request)

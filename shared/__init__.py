@@ -1,0 +1,1 @@
+"""The agent runtime's core: importable without any web framework or cloud SDK."""

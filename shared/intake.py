@@ -1,0 +1,62 @@
+"""Turning raw bytes into an invocation, with an error that names the field. Shared by every trigger."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.contracts import Invocation
+
+
+class BadInput(Exception):
+    """Input no retry can fix; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, error: str, detail: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail or []
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "detail": self.detail} if self.detail else {"error": self.error}
+
+
+def parse_invocation(raw: bytes | str | dict[str, Any], max_bytes: int) -> Invocation:
+    if isinstance(raw, (bytes, str)):
+        if len(raw) > max_bytes:
+            raise BadInput(413, f"body larger than {max_bytes} bytes")
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise BadInput(400, f"body is not JSON: {exc}") from None
+    try:
+        return Invocation.model_validate(raw)
+    except ValidationError as exc:
+        detail = [
+            {"field": ".".join(str(part) for part in error["loc"]) or "body", "message": error["msg"]}
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        fields = ", ".join(d["field"] for d in detail)
+        raise BadInput(422, f"invalid invocation: {fields}", detail) from None
+
+
+def authorized(secret: str | None, headers: Any) -> bool | None:
+    """True when no secret is configured or the right one is given; None when none is given."""
+    if not secret:
+        return True
+    given = headers.get("x-internal-secret")
+    if given is None:
+        auth = headers.get("authorization") or ""
+        given = auth[7:] if auth[:7].lower() == "bearer " else None
+    if given is None:
+        return None
+    return hmac.compare_digest(given.encode(), secret.encode())
+
+
+def check_auth(secret: str | None, headers: Any) -> None:
+    verdict = authorized(secret, headers)
+    if verdict is None:
+        raise BadInput(401, "missing credentials: send X-Internal-Secret or Authorization: Bearer")
+    if verdict is False:
+        raise BadInput(403, "wrong credentials")

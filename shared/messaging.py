@@ -1,0 +1,72 @@
+"""messaging-service: read a channel's history, post an agent's reply."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+from pydantic import ValidationError
+
+from shared.contracts import ChannelMessage
+from shared.deadline import Deadline
+from shared.http import DependencyError, Endpoint
+
+log = logging.getLogger("agent_runtime.messaging")
+
+
+class MessagingClient:
+    def __init__(self, endpoint: Endpoint, *, post_style: str = "body", history_limit: int = 50) -> None:
+        self.endpoint = endpoint
+        self.post_style = post_style
+        self.history_limit = history_limit
+
+    async def history(self, channel_id: str, deadline: Deadline) -> list[ChannelMessage]:
+        """Recent messages, oldest first, whatever order the service answers in."""
+        data = await self.endpoint.call(
+            "GET",
+            f"/api/messaging/channels/{quote(channel_id, safe='')}/messages",
+            deadline,
+            params={"limit": str(self.history_limit)},
+        )
+        if not isinstance(data, list):
+            raise DependencyError("messaging", "bad_response", "history is not a JSON array", retryable=True)
+        messages = []
+        for element in data:
+            try:
+                messages.append(ChannelMessage.model_validate(element))
+            except ValidationError as exc:
+                log.warning("history element dropped: %s", exc.errors(include_input=False)[0]["msg"])
+        messages.sort(key=lambda m: m.created_at)
+        return messages
+
+    async def post(self, agent_id: str, channel_id: str, text: str, deadline: Deadline) -> str:
+        """Post a reply and return its message id. Not idempotent: never retried once sent."""
+        fields = {"channel_id": channel_id, "text": text}
+        try:
+            data = await self.endpoint.call(
+                "POST",
+                f"/internal/agents/{quote(agent_id, safe=':')}/post-to-channel",
+                deadline,
+                json_body=fields if self.post_style == "body" else None,
+                params=fields if self.post_style == "query" else None,
+                retry=False,
+            )
+        except DependencyError as exc:
+            if exc.sent and exc.status is None:
+                raise _uncertain(f"{exc.kind} after sending") from None
+            raise
+        message_id = data.get("message_id") if isinstance(data, dict) else None
+        if not message_id:
+            raise _uncertain("answered without a message_id")
+        return str(message_id)
+
+
+def _uncertain(what: str) -> DependencyError:
+    # The request reached the service, so the reply may be in the channel: never send it twice.
+    return DependencyError(
+        "messaging",
+        "bad_response",
+        f"post {what}; the reply may be posted, not sent again",
+        retryable=False,
+        uncertain=True,
+    )

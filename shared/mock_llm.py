@@ -1,0 +1,71 @@
+"""The keyword mock: answers when no LLM is reachable, in the language of the message.
+
+Keywords match whole words, or the start of a word for stems (``допомож`` matches ``допоможи``);
+never a bare substring, so "this" or "which" is not a greeting.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_CYRILLIC = re.compile(r"[а-яіїєґё]", re.IGNORECASE)
+_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
+
+# category -> (whole words, stems). Checked in this order: the most specific request first.
+_KEYWORDS: list[tuple[str, frozenset[str], tuple[str, ...]]] = [
+    ("phase2", frozenset(), ()),  # a phrase, matched below
+    ("help", frozenset({"sos"}), ("help", "допомож", "допомог", "підкаж")),
+    ("thanks", frozenset({"thx", "ty", "спасибі"}), ("thank", "дяку", "дячн")),
+    (
+        "greeting",
+        frozenset({"hi", "hello", "hey", "hiya", "greetings", "привіт", "вітаю", "агов", "здрастуйте"}),
+        ("привітик", "вітан", "добрий", "доброго"),
+    ),
+]
+_PHASE2 = re.compile(r"\b(phase|фаз\w{0,3})\s*(2|ii|two|два|друга)\b", re.IGNORECASE | re.UNICODE)
+
+_REPLIES = {
+    "en": {
+        "greeting": "Hello! I'm {name}. Tell me what you're working on and I'll do my best to help.",
+        "help": "Happy to help. I can answer questions about this DAO, recall what we discussed, "
+        "and keep track of tasks. What do you need?",
+        "thanks": "You're welcome! Ping me any time.",
+        "phase2": "Right now I'm running in Phase 2: I read the channel and my memory, but my answers "
+        "come from a simple keyword mode until a language model is connected.",
+        "question": "Good question. I don't have a language model connected right now, so I can't give "
+        "a full answer yet; I'll note it and a teammate may pick it up.",
+        "default": "Got it. I've read your message; with no language model connected I can only give "
+        "short replies for now.",
+    },
+    "uk": {
+        "greeting": "Привіт! Я {name}. Розкажіть, над чим працюєте, і я спробую допомогти.",
+        "help": "Із задоволенням допоможу. Можу відповісти на питання про цю DAO, пригадати, що ми "
+        "обговорювали, і стежити за задачами. Що потрібно?",
+        "thanks": "Будь ласка! Звертайтеся будь-коли.",
+        "phase2": "Зараз я працюю у Фазі 2: читаю канал і свою пам'ять, але відповідаю у простому "
+        "режимі ключових слів, доки не підключено мовну модель.",
+        "question": "Гарне питання. Мовна модель зараз не підключена, тож повної відповіді я поки не "
+        "дам; я занотую його, і хтось із команди зможе відповісти.",
+        "default": "Зрозумів. Я прочитав ваше повідомлення; без мовної моделі можу поки що відповідати лише коротко.",
+    },
+}
+
+
+def language(text: str) -> str:
+    """'uk' when the text is mostly Cyrillic, else 'en'."""
+    return "uk" if len(_CYRILLIC.findall(text)) > len(_LATIN.findall(text)) else "en"
+
+
+def category(text: str) -> str:
+    if _PHASE2.search(text):
+        return "phase2"
+    words = [w.lower() for w in _WORD.findall(text)]
+    for name, whole, stems in _KEYWORDS:
+        if any(w in whole or w.startswith(stems) for w in words):
+            return name
+    return "question" if "?" in text else "default"
+
+
+def reply(text: str, agent_name: str = "your agent") -> str:
+    return _REPLIES[language(text)][category(text)].format(name=agent_name)

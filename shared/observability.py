@@ -1,0 +1,83 @@
+"""Logs: one structured line per invocation; JSON for machines, readable text in a terminal.
+
+Never logs message text or secrets: only ids, outcome, per-step milliseconds and sources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shared.contracts import Outcome
+
+log = logging.getLogger("agent_runtime")
+_configured = False
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "logger": record.name,
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        tail = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, [], {}))
+        text = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()} {tail}".rstrip()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
+    """Install the handler for the ``agent_runtime`` loggers, once per process."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    text = log_format == "text" or (log_format == "auto" and sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter() if text else JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def log_outcome(outcome: Outcome, **extra: Any) -> None:
+    fields = outcome.model_dump(exclude_none=True)
+    fields.update({k: v for k, v in extra.items() if v is not None})
+    level = logging.WARNING if outcome.status == "failed" else logging.INFO
+    log.log(level, f"invocation {outcome.status}", extra={"fields": fields})
+
+
+class StepTimer:
+    """Per-step milliseconds of one run."""
+
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_ms[name] = round((time.perf_counter() - started) * 1000, 2)
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings_ms, "total": round((time.perf_counter() - self._started) * 1000, 2)}

@@ -1,0 +1,150 @@
+"""Settings: built-in defaults < config.yaml < environment variables, loaded once per process.
+
+Every key can be set from the environment as ``AGENT_RUNTIME__<SECTION>__<KEY>``
+(for example ``AGENT_RUNTIME__LLM__MOCK_FALLBACK=false``). The seed's variable names and the
+secrets' names from contracts.md are kept as aliases (see ``ENV_ALIASES``).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+CONFIG_ENV = "AGENT_RUNTIME_CONFIG"
+ENV_PREFIX = "AGENT_RUNTIME__"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServiceSettings(_Section):
+    url: str
+    secret: SecretStr | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    attempts: int = Field(3, ge=1, le=10)  # reads only; posting a reply is never blindly retried
+
+
+class MessagingSettings(ServiceSettings):
+    url: str = "http://messaging-service:7004"
+    history_limit: int = Field(50, ge=1, le=200)
+    post_style: Literal["body", "query"] = "body"  # seed form | deployed form
+
+
+class MemorySettings(ServiceSettings):
+    url: str = "http://agent-memory:7008"
+    timeout_s: float = Field(3.0, gt=0)
+    attempts: int = Field(2, ge=1, le=10)
+    query_top_k: int = Field(5, ge=1, le=50)
+    enable_writeback: bool = True
+
+
+class LlmSettings(ServiceSettings):
+    url: str = "http://llm-proxy:7007"
+    timeout_s: float = Field(30.0, gt=0)
+    attempts: int = Field(2, ge=1, le=10)
+    default_model: str = "gpt-4"
+    max_tokens: int = Field(1000, ge=1, le=32000)
+    temperature: float = Field(0.7, ge=0, le=2)
+    mock_fallback: bool = True
+
+
+class NatsSettings(_Section):
+    url: str = "nats://nats:4222"
+    invocation_subject: str = "router.invoke.agent"
+
+
+class RuntimeSettings(_Section):
+    secret: SecretStr | None = None  # inbound: required on every endpoint but health when set
+    deadline_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_text_chars: int = Field(4000, ge=100)  # per message in the prompt
+    max_reply_chars: int = Field(8000, ge=100)
+    history_window: int = Field(10, ge=1, le=50)  # messages sent to the LLM, trigger included
+    default_microdao_id: str = "microdao:daarion"
+    idempotency_in_progress_ttl_s: float = Field(120.0, gt=0)
+    idempotency_complete_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+    @model_validator(mode="after")
+    def _ttl_outlives_deadline(self) -> RuntimeSettings:
+        # a record that expired while its run was still going would let a duplicate in
+        if self.idempotency_in_progress_ttl_s <= self.deadline_s:
+            raise ValueError("idempotency_in_progress_ttl_s must be longer than deadline_s")
+        return self
+
+
+class Settings(_Section):
+    service: str = "agent-runtime"
+    version: str = "1.0.0"
+    nats: NatsSettings = NatsSettings()
+    messaging: MessagingSettings = MessagingSettings()
+    memory: MemorySettings = MemorySettings()
+    llm: LlmSettings = LlmSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+
+# The seed's and contracts.md's variable names, each mapped to its key.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "NATS_URL": ("nats", "url"),
+    "MESSAGING_SERVICE_URL": ("messaging", "url"),
+    "MESSAGING_SERVICE_SECRET": ("messaging", "secret"),
+    "AGENT_MEMORY_URL": ("memory", "url"),
+    "MEMORY_ORCHESTRATOR_SECRET": ("memory", "secret"),
+    "LLM_PROXY_URL": ("llm", "url"),
+    "LLM_PROXY_SECRET": ("llm", "secret"),
+    "AGENT_RUNTIME_SECRET": ("runtime", "secret"),
+}
+
+
+def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The keys set by the environment, as nested sections (aliases first, prefixed names win)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in ENV_ALIASES.items():
+        if environ.get(name):
+            out.setdefault(section, {})[key] = environ[name]
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX):
+            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+            if key:
+                out.setdefault(section, {})[key] = value
+            else:
+                out[section] = value
+    return out
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(environ: dict[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
+    """Build settings from the config file and the environment (both optional)."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(config_path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    data: dict[str, Any] = {}
+    if path.is_file():
+        import yaml  # only when there is a file to read
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    elif config_path or environ.get(CONFIG_ENV):
+        raise FileNotFoundError(f"config file not found: {path}")
+    return Settings.model_validate(_merge(data, env_overrides(environ)))
+
+
+@lru_cache(maxsize=1)
+def get() -> Settings:
+    """The process's settings, read once."""
+    return load()

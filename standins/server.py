@@ -1,0 +1,95 @@
+"""Serve an ASGI app on a loopback port in a background thread, and inject faults into it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+
+@dataclass
+class Fault:
+    """How one route misbehaves: a delay, then a status (with a body), or a non-JSON answer."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+    body: object = None
+    headers: dict[str, str] = field(default_factory=dict)
+    malformed: bool = False
+    times: int | None = None  # only the next N calls; None: every call
+
+
+class FaultTable:
+    def __init__(self) -> None:
+        self._faults: dict[str, Fault] = {}
+        self.calls: dict[str, int] = {}
+
+    def set(self, route: str, fault: Fault | None) -> None:
+        if fault is None:
+            self._faults.pop(route, None)
+        else:
+            self._faults[route] = fault
+
+    def clear(self) -> None:
+        self._faults.clear()
+        self.calls.clear()
+
+    async def apply(self, route: str, request: Request) -> Response | None:
+        """Count the call; answer for the route when a fault is set for it."""
+        self.calls[route] = self.calls.get(route, 0) + 1
+        await request.body()  # read (and cache) it now: after a delay the caller may be gone
+        fault = self._faults.get(route)
+        if fault is None:
+            return None
+        if fault.times is not None:
+            if fault.times <= 0:
+                return None
+            fault.times -= 1
+        if fault.delay_s:
+            await asyncio.sleep(fault.delay_s)
+        if fault.malformed:
+            return PlainTextResponse("<html>not json", status_code=fault.status or 200)
+        if fault.status is None:
+            return None
+        return JSONResponse(
+            fault.body if fault.body is not None else {"detail": f"fault {fault.status}"},
+            status_code=fault.status,
+            headers=fault.headers,
+        )
+
+
+def check_secret(request: Request, secret: str | None) -> Response | None:
+    if secret and request.headers.get("x-internal-secret") != secret:
+        return JSONResponse({"detail": "Invalid internal secret"}, status_code=401)
+    return None
+
+
+class Served:
+    """A running server: ``url``, and ``stop()``."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"stand-in server on {self.url} did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -1,0 +1,124 @@
+"""Fixtures: the stand-in services as real HTTP servers on loopback, and the runtime wired to them."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared import http as shared_http
+from shared import runtime, settings
+from shared.idempotency import InProcessStore
+from standins.llm import LlmStandIn
+from standins.memory import MemoryStandIn
+from standins.messaging import MessagingStandIn
+from standins.server import Served
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """The three stand-ins, served once per test session and reset for every test."""
+
+    def __init__(self) -> None:
+        self.messaging = MessagingStandIn()
+        self.memory = MemoryStandIn()
+        self.llm = LlmStandIn()
+        self.servers = {name: Served(getattr(self, name).app) for name in ("messaging", "memory", "llm")}
+
+    def url(self, name: str) -> str:
+        return self.servers[name].url
+
+    def reset(self) -> None:
+        self.messaging.reset()
+        self.memory.reset()
+        self.llm.reset()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "MESSAGING_SERVICE_URL": self.url("messaging"),
+            "AGENT_MEMORY_URL": self.url("memory"),
+            "LLM_PROXY_URL": self.url("llm"),
+            **extra,
+        }
+
+    def channel(self) -> str:
+        channel_id = str(uuid.uuid4())
+        self.messaging.channels[channel_id] = []
+        return channel_id
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_servers():
+    stack = Stack()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def stack(stack_servers: Stack) -> Stack:
+    stack_servers.reset()
+    return stack_servers
+
+
+@pytest.fixture
+def configure(stack: Stack):
+    """Build and install a runtime from the stand-ins' URLs plus overrides; returns it."""
+
+    def _configure(**env: str) -> runtime.Runtime:
+        rt = runtime.Runtime.from_settings(
+            settings.load(stack.env(**env), ROOT / "config.yaml"), idempotency=InProcessStore()
+        )
+        runtime.install(rt)
+        return rt
+
+    _configure()
+    yield _configure
+    runtime.install(None)
+
+
+@pytest.fixture(autouse=True)
+async def _close_http_session():
+    yield
+    await shared_http.aclose()
+
+
+@pytest.fixture(scope="session")
+def asgi_apps():
+    """The real functions-framework ASGI apps, one per target, as an operator's --asgi serves them."""
+    from functions_framework.aio import create_asgi_app
+
+    return {
+        t: create_asgi_app(target=t, source=str(ROOT / "main.py"))
+        for t in ("agent_runtime", "invoke", "health", "test_channel")
+    }
+
+
+@pytest.fixture
+async def client(asgi_apps, configure):
+    """An HTTP client of the agent_runtime target."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(asgi_apps["agent_runtime"]), base_url="http://agent-runtime"
+    ) as c:
+        yield c
+
+
+def invocation(channel_id: str, **payload) -> dict:
+    return {
+        "agent_id": payload.pop("agent_id", "agent:sofia"),
+        "entrypoint": payload.pop("entrypoint", "channel_message"),
+        "payload": {"channel_id": channel_id, "microdao_id": "microdao:daarion", **payload},
+    }
