@@ -15,6 +15,19 @@ from shared.ordering import KeyedLocks
 from shared.settings import ServiceSettings, Settings
 
 
+def idempotency_store(s: Settings) -> IdempotencyStore:
+    """The configured backend; the shared ones import their client library only when chosen."""
+    if s.idempotency.backend == "nats":
+        from shared.idempotency_nats import NatsKvStore
+
+        return NatsKvStore.from_settings(s)
+    if s.idempotency.backend == "dynamodb":
+        from shared.idempotency_dynamodb import DynamoDbStore
+
+        return DynamoDbStore.from_settings(s)
+    return InProcessStore()
+
+
 def endpoint(name: str, service: ServiceSettings) -> Endpoint:
     secret = service.secret.get_secret_value() if service.secret else None
     return Endpoint(name, service.url, secret, service.timeout_s, service.attempts)
@@ -46,7 +59,7 @@ class Runtime:
             memory=MemoryClient(endpoint("memory", s.memory)),
             llm=LlmClient(endpoint("llm", s.llm)),
             blueprints=DefaultBlueprints(s.llm.default_model),
-            idempotency=idempotency or InProcessStore(),
+            idempotency=idempotency or idempotency_store(s),
         )
 
 

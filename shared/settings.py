@@ -79,6 +79,33 @@ class RuntimeSettings(_Section):
         return self
 
 
+class IdempotencySettings(_Section):
+    """Where the exactly-once records live: one process, NATS JetStream KV (on-prem), DynamoDB (Lambda)."""
+
+    backend: Literal["memory", "nats", "dynamodb"] = "memory"
+    nats_bucket: str = "agent_runtime_idempotency"
+    dynamodb_table: str = "agent-runtime-idempotency"
+
+
+class RunnerSettings(_Section):
+    """local_runner.py: the NATS-to-HTTP bridge."""
+
+    mode: Literal["core", "jetstream"] = "core"
+    queue_group: str = "agent-runtime"
+    function_url: str | None = None  # the invoke endpoint; None: serve agent_runtime in-process
+    function_port: int = Field(7006, ge=1, le=65535)
+    port: int = Field(9106, ge=0, le=65535)  # the runner's own /health and /metrics
+    max_in_flight: int = Field(64, ge=1, le=10000)
+    max_deliver: int = Field(5, ge=1)
+    request_timeout_s: float = Field(90.0, gt=0)
+    ack_wait_s: float = Field(120.0, gt=0)
+    drain_timeout_s: float = Field(30.0, gt=0)
+    stream: str = "AGENT_INVOCATIONS"
+    durable: str = "agent-runtime"
+    dlq_subject: str | None = None  # None: <subject>.dlq
+    embedded_nats: bool = False
+
+
 class Settings(_Section):
     service: str = "agent-runtime"
     version: str = "1.0.0"
@@ -87,6 +114,8 @@ class Settings(_Section):
     memory: MemorySettings = MemorySettings()
     llm: LlmSettings = LlmSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    runner: RunnerSettings = RunnerSettings()
 
 
 # The seed's and contracts.md's variable names, each mapped to its key.
@@ -131,6 +160,10 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def load(environ: dict[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
     """Build settings from the config file and the environment (both optional)."""
     environ = dict(os.environ if environ is None else environ)
+    if any(name.endswith("_SECRET_ARN") and value for name, value in environ.items()):
+        from shared.secrets import resolve_arns  # boto3 only where secrets live in Secrets Manager
+
+        environ = resolve_arns(environ)
     path = Path(config_path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     data: dict[str, Any] = {}
     if path.is_file():
