@@ -14,10 +14,12 @@ from shared.observability import StepTimer, log_outcome
 from shared.runtime import Runtime
 
 
-async def run(invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None) -> Outcome:
-    """Answer one invocation and return its outcome (logged here, once)."""
+async def run(
+    invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None, **log_fields: str | None
+) -> Outcome:
+    """Answer one invocation and return its outcome (logged here, once, with ``log_fields`` such as the trace)."""
     outcome = await _answer(invocation, rt, Run(invocation))
-    log_outcome(outcome, delivery_id=delivery_id)
+    log_outcome(outcome, delivery_id=delivery_id, **log_fields)
     return outcome
 
 
