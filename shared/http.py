@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from shared import backoff
 from shared.contracts import FailureKind
 from shared.deadline import Deadline
 
@@ -129,10 +129,7 @@ class Endpoint:
 
         def _wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            hinted = getattr(exc, "retry_after", None)
-            if hinted is not None:
-                return hinted
-            return random.uniform(0, min(2.0, 0.1 * 2 ** (state.attempt_number - 1)))
+            return backoff.delay(state.attempt_number, getattr(exc, "retry_after", None))
 
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(worth_retrying), stop=stop, wait=_wait, reraise=True

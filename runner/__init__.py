@@ -1,0 +1,1 @@
+"""local_runner.py's parts: the NATS-to-HTTP bridge and the embedded local stack."""

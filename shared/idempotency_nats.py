@@ -1,0 +1,129 @@
+"""Idempotency records in a NATS JetStream key-value bucket, shared by every on-prem runner.
+
+Claims use the bucket's compare-and-set: ``create`` succeeds for one caller only, and an expired
+in-progress record is taken over with ``update`` at the revision that was read, so two callers
+can never both own a message. nats-py is imported only when this backend is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from shared.idempotency import Claim, ClaimState
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.kv import KeyValue
+
+    from shared.settings import Settings
+
+
+class NatsKvStore:
+    def __init__(self, servers: list[str], bucket: str, max_age_s: float) -> None:
+        self.servers = servers
+        self.bucket = bucket
+        self.max_age_s = max_age_s
+        # one connection per event loop, made by the first caller on that loop
+        self._conns: dict[asyncio.AbstractEventLoop, asyncio.Task[tuple[Client, KeyValue]]] = {}
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> NatsKvStore:
+        return cls(s.nats.url.split(","), s.idempotency.nats_bucket, s.runtime.idempotency_complete_ttl_s)
+
+    @property
+    def nats_connected(self) -> bool:
+        return any(t.done() and not t.exception() and t.result()[0].is_connected for t in self._conns.values())
+
+    async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv, name = await self._kv(), _name(key)
+        token = uuid.uuid4().hex
+        record = _encode("in_progress", token, in_progress_ttl_s)
+        try:
+            await kv.create(name, record)
+            return Claim(ClaimState.NEW, token=token)
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await kv.get(name)
+        except KeyNotFoundError:  # released in between: one more try to create
+            try:
+                await kv.create(name, record)
+                return Claim(ClaimState.NEW, token=token)
+            except KeyWrongLastSequenceError:
+                return Claim(ClaimState.IN_PROGRESS)
+        current = json.loads(entry.value or b"{}")
+        if current.get("expires_at", 0) > time.time():
+            if current.get("state") == "complete":
+                return Claim(ClaimState.COMPLETE, result=current.get("result"))
+            return Claim(ClaimState.IN_PROGRESS)
+        try:  # expired: take it over, unless someone else just did
+            await kv.update(name, record, last=entry.revision)
+            return Claim(ClaimState.NEW, token=token)
+        except KeyWrongLastSequenceError:
+            return Claim(ClaimState.IN_PROGRESS)
+
+    async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        kv, name = await self._kv(), _name(key)
+        revision = await self._owned_revision(kv, name, token)
+        if revision is not None:
+            await kv.update(name, _encode("complete", token, ttl_s, result), last=revision)
+
+    async def release(self, key: str, token: str) -> None:
+        kv, name = await self._kv(), _name(key)
+        revision = await self._owned_revision(kv, name, token)
+        if revision is not None:
+            await kv.delete(name, last=revision)
+
+    async def close(self) -> None:
+        task = self._conns.pop(asyncio.get_running_loop(), None)
+        if task is not None and task.done() and not task.exception():
+            await task.result()[0].drain()
+
+    async def _owned_revision(self, kv: KeyValue, name: str, token: str) -> int | None:
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await kv.get(name)
+        except KeyNotFoundError:
+            return None
+        return entry.revision if json.loads(entry.value or b"{}").get("token") == token else None
+
+    async def _kv(self) -> KeyValue:
+        loop = asyncio.get_running_loop()
+        task = self._conns.get(loop)
+        if task is None:
+            task = self._conns[loop] = loop.create_task(self._connect())
+        try:
+            return (await task)[1]
+        except Exception:
+            self._conns.pop(loop, None)  # the next call tries again
+            raise
+
+    async def _connect(self) -> tuple[Client, KeyValue]:
+        import nats
+        from nats.js.errors import BucketNotFoundError
+
+        nc = await nats.connect(servers=self.servers, max_reconnect_attempts=-1, name="agent-runtime-idempotency")
+        js = nc.jetstream()
+        try:
+            kv = await js.key_value(self.bucket)
+        except BucketNotFoundError:
+            # history 1: only the current record matters; ttl: records never outlive max_age_s
+            kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s)
+        return nc, kv
+
+
+def _name(key: str) -> str:
+    # KV keys allow only [-/_=.a-zA-Z0-9]; agent ids carry ':' and message ids are free text
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _encode(state: str, token: str, ttl_s: float, result: dict[str, Any] | None = None) -> bytes:
+    return json.dumps({"state": state, "token": token, "expires_at": time.time() + ttl_s, "result": result}).encode()
