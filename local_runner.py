@@ -30,14 +30,21 @@ def run_parser(s: Settings) -> argparse.ArgumentParser:
     p.add_argument("--subject", default=s.nats.invocation_subject)
     p.add_argument("--mode", choices=["core", "jetstream"], default=r.mode)
     p.add_argument("--queue-group", default=r.queue_group)
-    p.add_argument("--function-url", default=r.function_url,
-                   help="the invoke endpoint; omitted: serve agent_runtime here on --function-port")
+    p.add_argument(
+        "--function-url",
+        default=r.function_url,
+        help="the invoke endpoint; omitted: serve agent_runtime here on --function-port",
+    )
     p.add_argument("--function-port", type=int, default=r.function_port)
     p.add_argument("--max-in-flight", type=int, default=r.max_in_flight)
     p.add_argument("--max-deliver", type=int, default=r.max_deliver)
     p.add_argument("--port", type=int, default=r.port, help="the runner's own /health and /metrics")
-    p.add_argument("--embedded-nats", action="store_true", default=r.embedded_nats,
-                   help="start a private nats-server (also done when nothing answers at --nats-url)")
+    p.add_argument(
+        "--embedded-nats",
+        action="store_true",
+        default=r.embedded_nats,
+        help="start a private nats-server (also done when nothing answers at --nats-url)",
+    )
     p.add_argument("--stream", default=r.stream)
     p.add_argument("--durable", default=r.durable)
     p.add_argument("--dlq-subject", default=r.dlq_subject)
@@ -79,8 +86,9 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
         function_url = args.function_url
         if not function_url:
             # Serve the function here. Stand-ins replace the services whose URL is still the default.
-            standins = embedded.StandIns(messaging=s.messaging.url == MessagingSettings().url,
-                                         memory=s.memory.url == MemorySettings().url)
+            standins = embedded.StandIns(
+                messaging=s.messaging.url == MessagingSettings().url, memory=s.memory.url == MemorySettings().url
+            )
             cleanup.append(standins.stop)
             updates = {"nats": s.nats.model_copy(update={"url": nats_url})}
             if "messaging" in standins.urls:
@@ -95,25 +103,46 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
             cleanup.append(function.stop)
             function_url = f"http://127.0.0.1:{function.port}/invoke"
             if standins.messaging is not None:
-                embedded.write_state(nats_url=nats_url, messaging_url=standins.urls["messaging"],
-                                     channel=DEMO_CHANNEL,
-                                     function_url=function_url)
+                embedded.write_state(
+                    nats_url=nats_url,
+                    messaging_url=standins.urls["messaging"],
+                    channel=DEMO_CHANNEL,
+                    function_url=function_url,
+                )
                 cleanup.append(embedded.clear_state)
-            log.info("agent_runtime served", extra={"fields": {"url": function_url, **standins.urls,
-                                                               "llm": fs.llm.url or "mock"}})
+            log.info(
+                "agent_runtime served",
+                extra={"fields": {"url": function_url, **standins.urls, "llm": fs.llm.url or "mock"}},
+            )
 
         secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
-        bridge = Bridge(BridgeConfig(
-            nats_servers=nats_url.split(","), subject=args.subject, function_url=function_url, mode=args.mode,
-            queue_group=args.queue_group, max_in_flight=args.max_in_flight, max_deliver=args.max_deliver,
-            request_timeout_s=s.runner.request_timeout_s, ack_wait_s=s.runner.ack_wait_s,
-            drain_timeout_s=args.drain_timeout, stream=args.stream, durable=args.durable,
-            dlq_subject=args.dlq_subject, function_secret=secret, max_body_bytes=s.runtime.max_body_bytes))
+        bridge = Bridge(
+            BridgeConfig(
+                nats_servers=nats_url.split(","),
+                subject=args.subject,
+                function_url=function_url,
+                mode=args.mode,
+                queue_group=args.queue_group,
+                max_in_flight=args.max_in_flight,
+                max_deliver=args.max_deliver,
+                request_timeout_s=s.runner.request_timeout_s,
+                ack_wait_s=s.runner.ack_wait_s,
+                drain_timeout_s=args.drain_timeout,
+                stream=args.stream,
+                durable=args.durable,
+                dlq_subject=args.dlq_subject,
+                function_secret=secret,
+                max_body_bytes=s.runtime.max_body_bytes,
+            )
+        )
         status = await serve.Serving.start(serve.status_app(bridge.health), "127.0.0.1", args.port)
         cleanup.append(status.stop)
         await bridge.start()
-        print(f"agent-runtime runner: {args.mode} mode on {args.subject} via {nats_url}; "
-              f"forwarding to {function_url}; health and metrics on http://127.0.0.1:{status.port}", flush=True)
+        print(
+            f"agent-runtime runner: {args.mode} mode on {args.subject} via {nats_url}; "
+            f"forwarding to {function_url}; health and metrics on http://127.0.0.1:{status.port}",
+            flush=True,
+        )
         await stop.wait()
         log.info("stopping: draining invocations in flight")
         finished = await bridge.stop()
@@ -135,8 +164,17 @@ def main(argv: list[str]) -> int:
         from runner.say import say
 
         a = say_parser(s).parse_args(argv[1:])
-        return asyncio.run(say(a.text, agent_id=a.agent, nats_url=a.nats_url, messaging_url=a.messaging_url,
-                               channel=a.channel, subject=a.subject, timeout_s=a.timeout))
+        return asyncio.run(
+            say(
+                a.text,
+                agent_id=a.agent,
+                nats_url=a.nats_url,
+                messaging_url=a.messaging_url,
+                channel=a.channel,
+                subject=a.subject,
+                timeout_s=a.timeout,
+            )
+        )
     return asyncio.run(run(run_parser(s).parse_args(argv), s))
 
 

@@ -70,10 +70,21 @@ class Bridge:
             await self._start_jetstream()
         else:
             self._subscription = await self.nc.subscribe(
-                self.config.subject, queue=self.config.queue_group, cb=self._on_core_message,
-                pending_msgs_limit=self.dispatcher.capacity * 16)
-        log.info("bridge started", extra={"fields": {"mode": self.config.mode, "subject": self.config.subject,
-                                                      "function_url": self.config.function_url}})
+                self.config.subject,
+                queue=self.config.queue_group,
+                cb=self._on_core_message,
+                pending_msgs_limit=self.dispatcher.capacity * 16,
+            )
+        log.info(
+            "bridge started",
+            extra={
+                "fields": {
+                    "mode": self.config.mode,
+                    "subject": self.config.subject,
+                    "function_url": self.config.function_url,
+                }
+            },
+        )
 
     async def stop(self) -> bool:
         """Stop taking messages, finish those in flight; False when the drain timeout cut some short."""
@@ -95,9 +106,15 @@ class Bridge:
     def health(self) -> dict[str, Any]:
         connected = bool(self.nc and self.nc.is_connected)
         consumer = self.config.durable if self.config.mode == "jetstream" else self.config.queue_group
-        return {"status": "ok" if connected else "degraded", "nats_connected": connected, "mode": self.config.mode,
-                "subject": self.config.subject, "consumer": consumer, "in_flight": self.dispatcher.in_flight,
-                "queued": self.dispatcher.pending}
+        return {
+            "status": "ok" if connected else "degraded",
+            "nats_connected": connected,
+            "mode": self.config.mode,
+            "subject": self.config.subject,
+            "consumer": consumer,
+            "in_flight": self.dispatcher.in_flight,
+            "queued": self.dispatcher.pending,
+        }
 
     # --- intake -----------------------------------------------------------------------------
 
@@ -117,10 +134,17 @@ class Bridge:
             except NotFoundError:  # capture the router's plain publishes: it needs no change
                 await js.add_stream(name=name, subjects=[subject], storage=StorageType.FILE)
         self._subscription = await js.pull_subscribe(
-            cfg.subject, durable=cfg.durable, stream=cfg.stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_s, max_deliver=-1,
-                                  deliver_policy=DeliverPolicy.ALL,
-                                  max_ack_pending=self.dispatcher.capacity * 2))
+            cfg.subject,
+            durable=cfg.durable,
+            stream=cfg.stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=cfg.ack_wait_s,
+                max_deliver=-1,
+                deliver_policy=DeliverPolicy.ALL,
+                max_ack_pending=self.dispatcher.capacity * 2,
+            ),
+        )
         self._fetcher = asyncio.create_task(self._fetch_loop())
 
     async def _fetch_loop(self) -> None:
@@ -169,8 +193,13 @@ class Bridge:
                     await self._dead_letter(msg, Decision("dead_letter", "attempts exhausted"), None, attempt - 1)
                     return
                 answer = await self._call(msg.data, headers)
-                decision = decide(answer.status, attempt=attempt, max_deliver=self.config.max_deliver,
-                                  retry_after=answer.retry_after, error=_why(answer))
+                decision = decide(
+                    answer.status,
+                    attempt=attempt,
+                    max_deliver=self.config.max_deliver,
+                    retry_after=answer.retry_after,
+                    error=_why(answer),
+                )
                 if decision.action == "ack":
                     await self._settle(msg, "ack")
                     await self._reply(msg, answer.body)
@@ -179,8 +208,12 @@ class Bridge:
                     await self._dead_letter(msg, decision, answer.status, attempt, answer.body)
                     return
                 metrics.retried.inc()
-                log.info("retrying invocation", extra={"fields": {"reason": decision.reason, "attempt": attempt,
-                                                                   "delay_s": round(decision.delay_s, 2)}})
+                log.info(
+                    "retrying invocation",
+                    extra={
+                        "fields": {"reason": decision.reason, "attempt": attempt, "delay_s": round(decision.delay_s, 2)}
+                    },
+                )
                 if self.config.mode == "jetstream":
                     await self._settle(msg, "nak", decision.delay_s)
                     return
@@ -235,15 +268,21 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, body)
 
-    async def _dead_letter(self, msg: Msg, decision: Decision, status: int | None, attempt: int,
-                           body: bytes = b"") -> None:
+    async def _dead_letter(
+        self, msg: Msg, decision: Decision, status: int | None, attempt: int, body: bytes = b""
+    ) -> None:
         metrics.dead_lettered.labels(metrics.status_class(status)).inc()
-        headers = {"Agent-Runtime-Reason": _header(decision.reason), "Agent-Runtime-Attempts": str(attempt),
-                   "Agent-Runtime-Subject": _header(msg.subject)}
+        headers = {
+            "Agent-Runtime-Reason": _header(decision.reason),
+            "Agent-Runtime-Attempts": str(attempt),
+            "Agent-Runtime-Subject": _header(msg.subject),
+        }
         if status is not None:
             headers["Agent-Runtime-Status"] = str(status)
-        log.warning("invocation dead-lettered", extra={"fields": {"reason": decision.reason, "status": status,
-                                                                   "attempts": attempt}})
+        log.warning(
+            "invocation dead-lettered",
+            extra={"fields": {"reason": decision.reason, "status": status, "attempts": attempt}},
+        )
         assert self.nc is not None
         try:
             if self.config.mode == "jetstream":
@@ -272,13 +311,21 @@ async def _connect_until_up(nats: Any, servers: list[str]) -> Client:
     while True:
         attempt += 1
         try:
-            return await nats.connect(servers=servers, max_reconnect_attempts=-1, reconnect_time_wait=1,
-                                      connect_timeout=2, disconnected_cb=disconnected, reconnected_cb=reconnected,
-                                      error_cb=error, name="agent-runtime-bridge")
+            return await nats.connect(
+                servers=servers,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                connect_timeout=2,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                name="agent-runtime-bridge",
+            )
         except Exception as exc:
             delay = min(10.0, 0.5 * 2 ** min(attempt, 5))
-            log.warning("NATS not reachable, retrying", extra={"fields": {"error": type(exc).__name__,
-                                                                          "retry_in_s": delay}})
+            log.warning(
+                "NATS not reachable, retrying", extra={"fields": {"error": type(exc).__name__, "retry_in_s": delay}}
+            )
             await asyncio.sleep(delay)
 
 

@@ -35,8 +35,13 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: str, previous: asyncio.Future[None] | None, done: asyncio.Future[None],
-                   work: Callable[[], Awaitable[None]]) -> None:
+    async def _run(
+        self,
+        key: str,
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+        work: Callable[[], Awaitable[None]],
+    ) -> None:
         try:
             if previous is not None:
                 await asyncio.shield(previous)
@@ -52,9 +57,9 @@ class Dispatcher:
                 del self._tails[key]
             self._admitted.release()
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout_s: float) -> bool:
         """Wait for every admitted message; False when some were still running at the timeout."""
         if not self._tasks:
             return True
-        _, still = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, still = await asyncio.wait(set(self._tasks), timeout=timeout_s)
         return not still

@@ -46,12 +46,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def reachable(url: str, timeout: float = 1.0) -> bool:
+async def reachable(url: str, timeout_s: float = 1.0) -> bool:
     """Does anything accept connections at a nats:// URL?"""
     parts = urlsplit(url if "//" in url else f"nats://{url}")
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout)
-    except (OSError, asyncio.TimeoutError):
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222), timeout_s)
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -67,12 +67,14 @@ class NatsServer:
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def start(self, timeout: float = 10.0) -> NatsServer:
+    async def start(self, timeout_s: float = 10.0) -> NatsServer:
         self.process = subprocess.Popen(  # noqa: ASYNC220 (started once, returns at once)
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + timeout_s
         while not await reachable(self.url, 0.5):
             if self.process.poll() is not None or loop.time() > deadline:
                 raise RuntimeError(f"nats-server did not start on port {self.port}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from dataclasses import dataclass
@@ -45,10 +44,11 @@ async def forward(url: str, body: bytes, headers: dict[str, str], timeout_s: flo
     import aiohttp
 
     try:
-        async with http.session().post(url, data=body, headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        async with http.session().post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
             return Answer(response.status, await response.read(), response.headers.get("Retry-After"))
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         return Answer(None, error=f"no answer within {timeout_s:.0f}s")
     except aiohttp.ClientError as exc:
         return Answer(None, error=f"connection failed: {type(exc).__name__}")

@@ -21,8 +21,9 @@ class Decision:
     delay_s: float = 0.0
 
 
-def decide(status: int | None, *, attempt: int, max_deliver: int, retry_after: str | None = None,
-           error: str | None = None) -> Decision:
+def decide(
+    status: int | None, *, attempt: int, max_deliver: int, retry_after: str | None = None, error: str | None = None
+) -> Decision:
     """``status`` None means no answer (timeout, connection error); ``attempt`` counts from 1."""
     if status is not None and 200 <= status < 300:
         return Decision("ack")

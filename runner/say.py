@@ -15,8 +15,16 @@ from shared import http
 from standins.messaging import DEMO_CHANNEL
 
 
-async def say(text: str, *, agent_id: str, nats_url: str | None, messaging_url: str | None, channel: str | None,
-              subject: str, timeout_s: float) -> int:
+async def say(
+    text: str,
+    *,
+    agent_id: str,
+    nats_url: str | None,
+    messaging_url: str | None,
+    channel: str | None,
+    subject: str,
+    timeout_s: float,
+) -> int:
     import nats
 
     state = read_state()
@@ -33,10 +41,17 @@ async def say(text: str, *, agent_id: str, nats_url: str | None, messaging_url: 
         print(f"you: {text}")
 
         nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0)
-        invocation = {"agent_id": agent_id, "entrypoint": "channel_message",
-                      "payload": {"channel_id": channel, "message_id": message["id"],
-                                  "matrix_event_id": message["matrix_event_id"], "microdao_id": "microdao:daarion",
-                                  "rewrite_prompt": None}}
+        invocation = {
+            "agent_id": agent_id,
+            "entrypoint": "channel_message",
+            "payload": {
+                "channel_id": channel,
+                "message_id": message["id"],
+                "matrix_event_id": message["matrix_event_id"],
+                "microdao_id": "microdao:daarion",
+                "rewrite_prompt": None,
+            },
+        }
         await nc.publish(subject, json.dumps(invocation).encode())
         await nc.flush()
         await nc.close()

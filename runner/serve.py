@@ -32,8 +32,11 @@ class Serving:
 
     @classmethod
     async def start(cls, app: Any, host: str, port: int) -> Serving:
-        server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                        timeout_keep_alive=30, access_log=False))
+        server = _Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", lifespan="off", timeout_keep_alive=30, access_log=False
+            )
+        )
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
