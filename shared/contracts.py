@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 AGENT_ID_PATTERN = r"^agent:[A-Za-z0-9._-]{1,128}$"
 Entrypoint = Literal["channel_message", "direct", "cron"]
+
+
+def _aware(value: datetime) -> datetime:
+    # naive timestamps are UTC (the messaging service's, a scheduler's); comparable with aware ones
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
 
 
 # --- inbound ----------------------------------------------------------------------------------
@@ -26,6 +43,16 @@ class InvocationPayload(BaseModel):
     matrix_event_id: str | None = Field(None, max_length=512)
     microdao_id: str | None = Field(None, max_length=256)
     rewrite_prompt: str | None = Field(None, max_length=2000)
+    # cron: which schedule fired when, and what to do (an instruction, or a built-in task)
+    schedule_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:/-]{1,200}$")
+    fire_time: UtcDatetime | None = None
+    instruction: str | None = Field(None, min_length=1, max_length=4000)
+    task: Literal["summarize_channel"] | None = None
+
+    def schedule_key(self) -> str:
+        """A cron run's identity: the same schedule firing at the same time runs once."""
+        fired = self.fire_time.astimezone(UTC).isoformat() if self.fire_time else ""
+        return f"cron:{self.schedule_id}@{fired}"
 
 
 class Invocation(BaseModel):
@@ -35,19 +62,55 @@ class Invocation(BaseModel):
     entrypoint: Entrypoint = "channel_message"
     payload: InvocationPayload
 
+    @field_validator("payload")
+    @classmethod
+    def _cron_names_its_schedule(cls, payload: InvocationPayload, info: ValidationInfo) -> InvocationPayload:
+        if info.data.get("entrypoint") != "cron":
+            return payload
+        missing = [name for name in ("schedule_id", "fire_time") if getattr(payload, name) is None]
+        if not (payload.instruction or payload.task):
+            missing.append("instruction")  # or task
+        if missing:
+            raise ValidationError.from_exception_data(
+                "cron payload", [{"type": "missing", "loc": (name,), "input": None} for name in missing]
+            )
+        return payload
+
 
 # --- dependencies ---------------------------------------------------------------------------
 
 
+class PromptVariant(BaseModel):
+    """An A/B variant of an agent's instructions; a channel keeps the one it was assigned."""
+
+    name: str = Field(min_length=1, max_length=64)
+    weight: float = Field(1.0, gt=0)
+    instructions: str = Field(min_length=1)
+
+
+class MemoryPolicy(BaseModel):
+    top_k: int = Field(5, ge=1, le=50)
+    writeback: bool = True
+
+
 class Blueprint(BaseModel):
-    """The runtime's own blueprint shape (seed: id, name, model, instructions, capabilities, tools)."""
+    """The runtime's own blueprint shape: the seed's id, name, model, instructions, capabilities,
+    tools, plus language, LLM parameters, memory policy and prompt variants."""
+
+    model_config = ConfigDict(extra="ignore")
 
     id: str
-    name: str
-    model: str
-    instructions: str
-    capabilities: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(min_length=1, max_length=128)
+    model: str = Field(min_length=1)
+    instructions: str = Field(min_length=1)
+    language: str | None = Field(None, max_length=32)  # the default when a message does not say
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(1000, ge=1, le=32000)
+    memory: MemoryPolicy = MemoryPolicy()
     tools: list[str] = Field(default_factory=list)
+    variants: list[PromptVariant] = Field(default_factory=list)
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    active: bool = True
 
 
 _TEXT_FIELDS = ("body", "content", "text", "content_preview")
@@ -67,7 +130,7 @@ class ChannelMessage(BaseModel):
     sender_id: str = ""
     sender_type: str = ""
     text: str = ""
-    created_at: datetime
+    created_at: UtcDatetime
 
     @model_validator(mode="before")
     @classmethod
@@ -82,12 +145,6 @@ class ChannelMessage(BaseModel):
     @classmethod
     def _id_as_str(cls, value: Any) -> Any:
         return str(value) if isinstance(value, (int, UUID)) else value
-
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        # naive timestamps are UTC in the messaging service; comparable with aware ones
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     @property
     def by_agent(self) -> bool:
@@ -127,8 +184,10 @@ SkipReason = Literal[
     "agent_message",  # loop guard: the trigger was written by an agent
     "duplicate",  # already answered
     "nothing_to_do",  # an entrypoint with nothing to do
+    "agent_inactive",  # the agent is switched off in agents-service
 ]
-Step = Literal["blueprint", "history", "memory", "llm", "post", "store", "idempotency"]
+Step = Literal["blueprint", "history", "memory", "llm", "tools", "post", "store", "idempotency"]
+BlueprintSource = Literal["agents-service", "cache", "file", "default"]
 FailureKind = Literal["timeout", "unavailable", "bad_response", "rejected", "unauthorized", "in_progress"]
 
 
@@ -142,6 +201,11 @@ class Outcome(BaseModel):
     trigger_message_id: str | None = None
     message_id: str | None = None  # the posted reply
     llm_source: Literal["llm", "mock"] | None = None
+    blueprint_source: BlueprintSource | None = None
+    variant: str | None = None  # the prompt variant (A/B) this channel is assigned
+    prompt_tokens: int | None = None  # estimated, after fitting the context window
+    trimmed: dict[str, int] = Field(default_factory=dict)  # what the fitting dropped: memory items, history turns
+    tool_calls: list[dict[str, str]] = Field(default_factory=list)  # {"tool", "result"}; never arguments
     reason: SkipReason | None = None
     step: Step | None = None
     kind: FailureKind | None = None

@@ -23,8 +23,9 @@ class LlmClient:
         deadline: Deadline,
     ) -> str:
         if not self.endpoint.base_url:  # no LLM configured: the keyword mock answers, when allowed
-            raise DependencyError("llm", "unavailable", "no LLM configured (llm.url is empty)", retryable=False,
-                                  sent=False)
+            raise DependencyError(
+                "llm", "unavailable", "no LLM configured (llm.url is empty)", retryable=False, sent=False
+            )
         data = await self.endpoint.call(
             "POST",
             "/internal/llm/proxy",

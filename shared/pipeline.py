@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from shared import mock_llm, prompt
+from shared.blueprints import pick_variant
 from shared.contracts import ChannelMessage, Invocation, Outcome, SkipReason, Step
 from shared.deadline import Deadline
 from shared.http import DependencyError
@@ -33,9 +34,17 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
     # One channel's invocations are answered in arrival order; other channels run in parallel.
     async with rt.locks.hold(f"{inv.agent_id}/{channel_id}"):
         try:
-            # 1. Load the blueprint.
+            # 1. Load the blueprint: agents-service, else a blueprint file, else the built-in agent.
+            #    A channel keeps the prompt variant (A/B) it is assigned.
             with run.step("blueprint"):
-                blueprint = await rt.blueprints.load(inv.agent_id)
+                loaded = await rt.blueprints.load(inv.agent_id, deadline)
+            blueprint = loaded.blueprint
+            run.outcome.blueprint_source = loaded.source
+            run.outcome.notes.extend(loaded.notes)
+            if not blueprint.active:
+                return run.skipped("agent_inactive")
+            variant = pick_variant(blueprint, channel_id)
+            run.outcome.variant = variant.name if variant else None
             if inv.entrypoint == "cron":
                 return run.skipped("nothing_to_do")
 
@@ -78,13 +87,13 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                         microdao_id=microdao_id,
                         channel_id=channel_id,
                         query=trigger.text[: cfg.runtime.max_text_chars],
-                        k=cfg.memory.query_top_k,
+                        k=blueprint.memory.top_k,
                         deadline=deadline,
                     )
 
             # 5. Build the prompt.
             messages = prompt.build(
-                blueprint=blueprint,
+                instructions=variant.instructions if variant else blueprint.instructions,
                 agent_id=inv.agent_id,
                 rewrite_prompt=payload.rewrite_prompt,
                 memory=memory,
@@ -100,8 +109,8 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 reply = await rt.llm.complete(
                     model=blueprint.model,
                     messages=messages,
-                    max_tokens=cfg.llm.max_tokens,
-                    temperature=cfg.llm.temperature,
+                    max_tokens=blueprint.max_tokens,
+                    temperature=blueprint.temperature,
                     deadline=deadline,
                     metadata={"agent_id": inv.agent_id, "microdao_id": microdao_id, "channel_id": channel_id},
                 )
@@ -117,7 +126,7 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
             await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)
 
             # 8. Store the exchange in memory (optional: a failed store does not fail the run).
-            if cfg.memory.enable_writeback:
+            if blueprint.memory.writeback:
                 with run.step("store", optional=True):
                     await rt.memory.store(
                         agent_id=inv.agent_id,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from shared.contracts import Blueprint, ChannelMessage, MemoryItem
+from shared.contracts import ChannelMessage, MemoryItem
 
 
 def build(
     *,
-    blueprint: Blueprint,
+    instructions: str,
     agent_id: str,
     rewrite_prompt: str | None,
     memory: list[MemoryItem],
@@ -21,7 +21,7 @@ def build(
     Channel members only ever speak as ``user`` (or, for this agent, ``assistant``): nothing they
     write becomes system text.
     """
-    system = blueprint.instructions
+    system = instructions
     if rewrite_prompt:
         system += "\n\n" + rewrite_prompt[:max_chars]
     messages = [{"role": "system", "content": system}]

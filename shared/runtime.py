@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared import settings as settings_module
-from shared.blueprints import BlueprintLoader, DefaultBlueprints
+from shared.blueprints import BlueprintChain
 from shared.http import Endpoint
 from shared.idempotency import IdempotencyStore, InProcessStore
 from shared.llm import LlmClient
@@ -39,7 +40,7 @@ class Runtime:
     messaging: MessagingClient
     memory: MemoryClient
     llm: LlmClient
-    blueprints: BlueprintLoader
+    blueprints: BlueprintChain
     idempotency: IdempotencyStore
     locks: KeyedLocks = field(default_factory=KeyedLocks)
 
@@ -58,7 +59,11 @@ class Runtime:
             ),
             memory=MemoryClient(endpoint("memory", s.memory)),
             llm=LlmClient(endpoint("llm", s.llm)),
-            blueprints=DefaultBlueprints(s.llm.default_model),
+            blueprints=BlueprintChain(
+                s,
+                endpoint("agents", s.agents) if s.agents.url else None,
+                settings_module.DEFAULT_CONFIG.parent / Path(s.agents.blueprints_dir),
+            ),
             idempotency=idempotency or idempotency_store(s),
         )
 

@@ -7,16 +7,22 @@ secrets' names from contracts.md are kept as aliases (see ``ENV_ALIASES``).
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 CONFIG_ENV = "AGENT_RUNTIME_CONFIG"
 ENV_PREFIX = "AGENT_RUNTIME__"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def _json_if_text(value: Any) -> Any:
+    """A mapping set from the environment arrives as JSON text."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class _Section(BaseModel):
@@ -44,14 +50,73 @@ class MemorySettings(ServiceSettings):
     enable_writeback: bool = True
 
 
+class ModelLimits(_Section):
+    """What a model can take: its context window, and how much of it a reply may use."""
+
+    context_window: int = Field(8192, ge=256)
+    reply_reserve: int = Field(1000, ge=16)
+
+
 class LlmSettings(ServiceSettings):
-    url: str = "http://llm-proxy:7007"
+    provider: Literal["proxy", "openai", "anthropic"] = "proxy"
+    url: str = "http://llm-proxy:7007"  # llm-proxy (provider: proxy)
+    openai_url: str = "https://api.openai.com/v1"  # any Chat Completions server: DeepSeek, vLLM, Ollama, LiteLLM
+    openai_api_key: SecretStr | None = None
+    anthropic_url: str = "https://api.anthropic.com"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_version: str = "2023-06-01"
     timeout_s: float = Field(30.0, gt=0)
     attempts: int = Field(2, ge=1, le=10)
     default_model: str = "gpt-4"
     max_tokens: int = Field(1000, ge=1, le=32000)
     temperature: float = Field(0.7, ge=0, le=2)
     mock_fallback: bool = True
+    # for a model not listed in ``models``
+    default_limits: Annotated[ModelLimits, BeforeValidator(_json_if_text)] = ModelLimits()
+    models: Annotated[dict[str, ModelLimits], BeforeValidator(_json_if_text)] = Field(
+        default_factory=lambda: {
+            "gpt-4": ModelLimits(context_window=8192, reply_reserve=1000),
+            "gpt-4o": ModelLimits(context_window=128000, reply_reserve=4000),
+            "gpt-4.1-mini": ModelLimits(context_window=1047576, reply_reserve=4000),
+            "deepseek-r1": ModelLimits(context_window=65536, reply_reserve=8000),
+            "dagi-local-8b": ModelLimits(context_window=8192, reply_reserve=1000),
+            "claude-sonnet-4-5": ModelLimits(context_window=200000, reply_reserve=4000),
+        }
+    )
+
+    def limits(self, model: str) -> ModelLimits:
+        return self.models.get(model, self.default_limits)
+
+
+class AgentsSettings(ServiceSettings):
+    """Blueprints: agents-service, then the files in ``blueprints_dir``, then the built-in agent."""
+
+    url: str = ""  # agents-service; empty: not asked
+    timeout_s: float = Field(3.0, gt=0)
+    attempts: int = Field(2, ge=1, le=10)
+    blueprints_dir: str = "blueprints"  # relative to the project root unless absolute
+    cache_ttl_s: float = Field(300.0, ge=0)
+
+
+class ToolsSettings(ServiceSettings):
+    """toolcore runs the tools; pdp-service permits each call (anything but a permit denies)."""
+
+    url: str = ""  # toolcore; empty: every toolcore tool answers an error
+    timeout_s: float = Field(10.0, gt=0)
+    attempts: int = Field(2, ge=1, le=10)  # a call is repeated only when it never left this process
+    pdp_url: str = ""  # pdp-service; empty: every call is denied
+    pdp_secret: SecretStr | None = None
+    pdp_timeout_s: float = Field(2.0, gt=0)
+    max_tool_steps: int = Field(3, ge=0, le=10)
+    max_result_chars: int = Field(4000, ge=100)
+    # agent-facing name -> toolcore id; summarize_channel is built in and needs no entry
+    toolcore_ids: Annotated[dict[str, str], BeforeValidator(_json_if_text)] = Field(
+        default_factory=lambda: {
+            "create_task": "task.create",
+            "create_followup": "followup.create",
+            "list_projects": "projects.list",
+        }
+    )
 
 
 class NatsSettings(_Section):
@@ -113,6 +178,8 @@ class Settings(_Section):
     messaging: MessagingSettings = MessagingSettings()
     memory: MemorySettings = MemorySettings()
     llm: LlmSettings = LlmSettings()
+    agents: AgentsSettings = AgentsSettings()
+    tools: ToolsSettings = ToolsSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     runner: RunnerSettings = RunnerSettings()
@@ -128,6 +195,16 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "LLM_PROXY_URL": ("llm", "url"),
     "LLM_PROXY_SECRET": ("llm", "secret"),
     "AGENT_RUNTIME_SECRET": ("runtime", "secret"),
+    "OPENAI_API_KEY": ("llm", "openai_api_key"),
+    "OPENAI_BASE_URL": ("llm", "openai_url"),
+    "ANTHROPIC_API_KEY": ("llm", "anthropic_api_key"),
+    "ANTHROPIC_BASE_URL": ("llm", "anthropic_url"),
+    "AGENTS_SERVICE_URL": ("agents", "url"),
+    "AGENTS_SERVICE_SECRET": ("agents", "secret"),
+    "TOOLCORE_URL": ("tools", "url"),
+    "TOOLCORE_SECRET": ("tools", "secret"),
+    "PDP_SERVICE_URL": ("tools", "pdp_url"),
+    "PDP_SERVICE_SECRET": ("tools", "pdp_secret"),
 }
 
 
@@ -147,11 +224,11 @@ def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -174,7 +251,7 @@ def load(environ: dict[str, str] | None = None, config_path: str | os.PathLike |
             raise ValueError(f"{path}: expected a mapping at the top level")
     elif config_path or environ.get(CONFIG_ENV):
         raise FileNotFoundError(f"config file not found: {path}")
-    return Settings.model_validate(_merge(data, env_overrides(environ)))
+    return Settings.model_validate(deep_merge(data, env_overrides(environ)))
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import pytest
 from shared import http as shared_http
 from shared import runtime, settings
 from shared.idempotency import InProcessStore
+from standins.agents import AgentsStandIn
 from standins.llm import LlmStandIn
 from standins.memory import MemoryStandIn
 from standins.messaging import MessagingStandIn
@@ -27,27 +28,30 @@ def free_port() -> int:
 
 
 class Stack:
-    """The three stand-ins, served once per test session and reset for every test."""
+    """The stand-ins, served once per test session and reset for every test."""
+
+    NAMES = ("messaging", "memory", "llm", "agents")
 
     def __init__(self) -> None:
         self.messaging = MessagingStandIn()
         self.memory = MemoryStandIn()
         self.llm = LlmStandIn()
-        self.servers = {name: Served(getattr(self, name).app) for name in ("messaging", "memory", "llm")}
+        self.agents = AgentsStandIn()
+        self.servers = {name: Served(getattr(self, name).app) for name in self.NAMES}
 
     def url(self, name: str) -> str:
         return self.servers[name].url
 
     def reset(self) -> None:
-        self.messaging.reset()
-        self.memory.reset()
-        self.llm.reset()
+        for name in self.NAMES:
+            getattr(self, name).reset()
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
             "MESSAGING_SERVICE_URL": self.url("messaging"),
             "AGENT_MEMORY_URL": self.url("memory"),
             "LLM_PROXY_URL": self.url("llm"),
+            "AGENTS_SERVICE_URL": self.url("agents"),
             **extra,
         }
 

@@ -229,7 +229,8 @@ async def test_skip_when_the_named_message_is_not_in_history(stack, client):
 
 
 async def test_cron_has_nothing_to_do_yet(stack, client):
-    outcome = (await client.post("/invoke", json=invocation(stack.channel(), entrypoint="cron"))).json()
+    cron = invocation(stack.channel(), entrypoint="cron", schedule_id="daily", fire_time="2026-01-01T09:00:00Z")
+    outcome = (await client.post("/invoke", json={**cron, "payload": {**cron["payload"], "instruction": "x"}})).json()
     assert outcome["status"] == "skipped" and outcome["reason"] == "nothing_to_do"
 
 

@@ -1,0 +1,148 @@
+"""Blueprints: agents-service, then files, then the built-in agent; the cache; variants."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared import settings
+from shared.blueprints import BlueprintChain, pick_variant
+from shared.contracts import Blueprint
+from shared.deadline import Deadline
+from standins.server import Fault
+from tests.conftest import invocation
+
+
+async def _ask(stack, client, agent_id: str, channel: str | None = None) -> dict:
+    channel = channel or stack.channel()
+    stack.messaging.add_message(channel, "hello")
+    return (await client.post("/invoke", json=invocation(channel, agent_id=agent_id))).json()
+
+
+async def test_agents_service_record_is_mapped(stack, client):
+    stack.agents.add_agent(
+        "agent:nova",
+        name="Nova",
+        system_prompt="You are Nova, a DAO historian.",
+        model="deepseek-r1",
+        tools_enabled=["create_task"],
+    )
+
+    outcome = await _ask(stack, client, "agent:nova")
+
+    assert outcome["status"] == "replied" and outcome["blueprint_source"] == "agents-service"
+    [request] = stack.llm.requests
+    assert request["model"] == "deepseek-r1"
+    assert request["messages"][0]["content"].startswith("You are Nova, a DAO historian.")
+
+
+async def test_an_agent_unknown_to_the_service_comes_from_its_file(stack, client):
+    outcome = await _ask(stack, client, "agent:helion")
+
+    assert outcome["blueprint_source"] == "file" and outcome["notes"] == []
+    [request] = stack.llm.requests
+    assert request["temperature"] == 0.2 and request["max_tokens"] == 600  # helion.yaml
+    assert "You are Helion" in request["messages"][0]["content"]
+    assert stack.memory.queries[0]["limit"] == 8
+
+
+async def test_an_agent_known_nowhere_is_the_built_in_one(stack, client):
+    outcome = await _ask(stack, client, "agent:quiet-owl")
+
+    assert outcome["blueprint_source"] == "default"
+    assert stack.llm.requests[0]["messages"][0]["content"].startswith("You are Quiet Owl")
+
+
+async def test_service_down_falls_back_to_the_file_and_says_so(stack, client):
+    stack.agents.faults.set("agent", Fault(status=503))
+
+    outcome = await _ask(stack, client, "agent:helion")
+
+    assert outcome["status"] == "replied" and outcome["blueprint_source"] == "file"
+    assert "blueprint_degraded: unavailable" in outcome["notes"]
+
+
+async def test_the_answer_is_cached_for_the_ttl(stack, client):
+    stack.agents.add_agent("agent:nova", system_prompt="You are Nova.")
+
+    await _ask(stack, client, "agent:nova")
+    await _ask(stack, client, "agent:nova")
+
+    assert stack.agents.faults.calls["agent"] == 1
+
+
+async def test_service_down_uses_the_stale_cached_blueprint(stack, configure, client):
+    configure(AGENT_RUNTIME__AGENTS__CACHE_TTL_S="0")
+    stack.agents.add_agent("agent:nova", system_prompt="You are Nova.")
+    assert (await _ask(stack, client, "agent:nova"))["blueprint_source"] == "agents-service"
+    stack.agents.faults.set("agent", Fault(status=500))
+
+    outcome = await _ask(stack, client, "agent:nova")
+
+    assert outcome["blueprint_source"] == "cache" and "blueprint_degraded: unavailable" in outcome["notes"]
+    assert stack.llm.requests[-1]["messages"][0]["content"].startswith("You are Nova.")
+
+
+async def test_an_inactive_agent_is_skipped(stack, client):
+    stack.agents.add_agent("agent:nova", is_active=False)
+
+    outcome = await _ask(stack, client, "agent:nova")
+
+    assert outcome["status"] == "skipped" and outcome["reason"] == "agent_inactive"
+    assert stack.llm.requests == [] and stack.messaging.posts == []
+
+
+async def test_a_channel_keeps_its_variant(stack, client):
+    channel = stack.channel()
+    first = await _ask(stack, client, "agent:sofia", channel)
+    second = await _ask(stack, client, "agent:sofia", channel)
+
+    assert first["variant"] == second["variant"] in ("warm", "concise")
+    sofia = (await _chain().load("agent:sofia", Deadline(5))).blueprint
+    chosen = pick_variant(sofia, channel)
+    assert first["variant"] == chosen.name
+    assert all(r["messages"][0]["content"] == chosen.instructions for r in stack.llm.requests)
+
+
+def _chain(directory=None) -> BlueprintChain:
+    from shared.runtime import Runtime
+
+    s = settings.load({})
+    return BlueprintChain(s, None, directory) if directory else Runtime.from_settings(s).blueprints
+
+
+def test_variant_assignment_is_stable_and_follows_the_weights():
+    blueprint = Blueprint.model_validate(
+        {
+            "id": "agent:x",
+            "name": "X",
+            "model": "m",
+            "instructions": "base",
+            "variants": [
+                {"name": "a", "weight": 3, "instructions": "A"},
+                {"name": "b", "weight": 1, "instructions": "B"},
+            ],
+        }
+    )
+    channels = [f"00000000-0000-4000-8000-{i:012d}" for i in range(400)]
+    picks = [pick_variant(blueprint, c).name for c in channels]
+
+    assert picks == [pick_variant(blueprint, c).name for c in channels]  # the same channel, the same variant
+    assert 0.65 < picks.count("a") / len(picks) < 0.85  # about 3 in 4
+    assert pick_variant(blueprint.model_copy(update={"variants": []}), channels[0]) is None
+
+
+@pytest.mark.parametrize("bad", ["id: agent:broken\ntemperature: 9\n", "- not\n- a mapping\n", "id: [unclosed\n"])
+async def test_a_bad_blueprint_file_is_left_out(tmp_path, bad):
+    (tmp_path / "broken.yaml").write_text(bad)
+    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Goodie\ninstructions: Be good.\n")
+    chain = _chain(tmp_path)
+
+    assert set(chain.files()) == {"agent:good"}
+    loaded = await chain.load("agent:good", Deadline(5))
+    assert loaded.source == "file" and loaded.blueprint.name == "Goodie"
+    assert (await chain.load("agent:broken", Deadline(5))).source == "default"
+
+
+def test_shipped_blueprints_are_valid():
+    files = _chain().files()
+    assert {"agent:sofia", "agent:helion"} <= set(files)
