@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from shared import pipeline, runtime
 from shared.deadline import Deadline
@@ -54,7 +54,7 @@ async def health(request: Request) -> JSONResponse:
         probes = (
             rt.messaging.endpoint.probe("/health", deadline),
             rt.memory.endpoint.probe("/health", deadline),
-            rt.llm.endpoint.probe("/internal/llm/models", deadline),
+            rt.llm.endpoint.probe(rt.llm.probe_path, deadline),
         )
         body["dependencies"] = dict(zip(names, await asyncio.gather(*probes), strict=True))
         if not all(d["ok"] for d in body["dependencies"].values()):
@@ -62,14 +62,29 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus: invocations, response time, LLM, tool and memory figures per agent."""
+    rt = runtime.get()
+    secret = rt.settings.runtime.secret
+    try:
+        check_auth(secret.get_secret_value() if secret else None, request.headers)
+    except BadInput as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    from shared import metrics as figures  # prometheus-client: only when asked
+
+    body, content_type = figures.exposition()
+    return Response(body, media_type=content_type)
+
+
 ROUTES = {
     ("GET", "/health"): health,
+    ("GET", "/metrics"): metrics,
     ("POST", "/invoke"): invoke,
     ("POST", "/internal/agent-runtime/test-channel"): test_channel,
 }
 
 
-async def agent_runtime(request: Request) -> JSONResponse:
+async def agent_runtime(request: Request) -> Response:
     """Every path of the seed's service in one target."""
     path = request.url.path.rstrip("/") or "/"
     handler = ROUTES.get((request.method, path))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
@@ -102,6 +103,7 @@ class Endpoint:
     secret: str | None
     timeout_s: float
     attempts: int
+    headers: Mapping[str, str] = field(default_factory=dict)  # a provider's own auth (Bearer, x-api-key …)
 
     async def call(
         self,
@@ -146,7 +148,7 @@ class Endpoint:
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
             raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.headers}
         if self.secret:
             headers["X-Internal-Secret"] = self.secret
         try:

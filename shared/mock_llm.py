@@ -6,7 +6,11 @@ never a bare substring, so "this" or "which" is not a greeting.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+
+from shared.llm import Completion, ToolCall
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CYRILLIC = re.compile(r"[а-яіїєґё]", re.IGNORECASE)
@@ -23,6 +27,12 @@ _KEYWORDS: list[tuple[str, frozenset[str], tuple[str, ...]]] = [
         ("привітик", "вітан", "добрий", "доброго"),
     ),
 ]
+# "create a task: …", "створи задачу: …": the mock asks for create_task, so tools work without an LLM
+_TASK = re.compile(
+    r"\b(?:create|make|add|open)\s+(?:a\s+|new\s+)?task\s*:\s*(?P<en>.+)"
+    r"|(?:створи|створіть|додай|додайте|зроби)\s+(?:нову\s+)?задачу\s*:\s*(?P<uk>.+)",
+    re.IGNORECASE | re.UNICODE | re.DOTALL,
+)
 _PHASE2 = re.compile(r"\b(phase|фаз\w{0,3})\s*(2|ii|two|два|друга)\b", re.IGNORECASE | re.UNICODE)
 
 _REPLIES = {
@@ -37,6 +47,8 @@ _REPLIES = {
         "a full answer yet; I'll note it and a teammate may pick it up.",
         "default": "Got it. I've read your message; with no language model connected I can only give "
         "short replies for now.",
+        "tool_ok": "Done: {tool} worked.",
+        "tool_failed": "I tried {tool}, but it did not work: {error}",
     },
     "uk": {
         "greeting": "Привіт! Я {name}. Розкажіть, над чим працюєте, і я спробую допомогти.",
@@ -48,6 +60,8 @@ _REPLIES = {
         "question": "Гарне питання. Мовна модель зараз не підключена, тож повної відповіді я поки не "
         "дам; я занотую його, і хтось із команди зможе відповісти.",
         "default": "Зрозумів. Я прочитав ваше повідомлення; без мовної моделі можу поки що відповідати лише коротко.",
+        "tool_ok": "Готово: {tool} виконано.",
+        "tool_failed": "Я спробував {tool}, але не вийшло: {error}",
     },
 }
 
@@ -69,3 +83,23 @@ def category(text: str) -> str:
 
 def reply(text: str, agent_name: str = "your agent") -> str:
     return _REPLIES[language(text)][category(text)].format(name=agent_name)
+
+
+def complete(messages: list[dict[str, Any]], tools: list[str], agent_name: str) -> Completion:
+    """The mock's next turn in a conversation: a tool call when asked for a task, the result of a
+    tool once it ran (a summary is its digest), else the keyword reply."""
+    asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    last = messages[-1]
+    if last["role"] == "tool":
+        answer = json.loads(last["content"])
+        if not answer.get("ok"):
+            text = _REPLIES[language(asked)]["tool_failed"].format(tool=last["name"], error=answer.get("error"))
+        elif isinstance(answer.get("result"), str):
+            text = answer["result"]
+        else:
+            text = _REPLIES[language(asked)]["tool_ok"].format(tool=last["name"])
+        return Completion(text)
+    if "create_task" in tools and (match := _TASK.search(asked)):
+        title = (match.group("en") or match.group("uk")).strip()[:200]
+        return Completion("", [ToolCall("mock_call", "create_task", {"title": title})])
+    return Completion(reply(asked, agent_name))

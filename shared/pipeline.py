@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shared import mock_llm, prompt
+from shared import metrics, mock_llm, prompt, summary
 from shared.blueprints import pick_variant
+from shared.budget import estimate
 from shared.contracts import ChannelMessage, Invocation, Outcome, SkipReason, Step
 from shared.deadline import Deadline
 from shared.http import DependencyError
 from shared.idempotency import ClaimState, record_key
+from shared.llm import ChatRequest, Completion, text_protocol
 from shared.observability import StepTimer, log_outcome
 from shared.runtime import Runtime
+from shared.tools import BUILT_IN
 
 
-async def run(
-    invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None, **log_fields: str | None
-) -> Outcome:
-    """Answer one invocation and return its outcome (logged here, once, with ``log_fields`` such as the trace)."""
+async def run(invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None) -> Outcome:
+    """Answer one invocation and return its outcome (logged and counted here, once)."""
     outcome = await _answer(invocation, rt, Run(invocation))
-    log_outcome(outcome, delivery_id=delivery_id, **log_fields)
+    log_outcome(outcome, delivery_id=delivery_id)
+    metrics.record(outcome)
     return outcome
 
 
@@ -45,22 +49,32 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 return run.skipped("agent_inactive")
             variant = pick_variant(blueprint, channel_id)
             run.outcome.variant = variant.name if variant else None
-            if inv.entrypoint == "cron":
-                return run.skipped("nothing_to_do")
 
-            # 2. Read the channel's history and find the message to answer.
+            # 2. Read the channel's history and find what to answer: the triggering message
+            #    (channel_message; direct, in the DM channel), or the schedule's task (cron).
             with run.step("history"):
                 history = await rt.messaging.history(channel_id, deadline)
-            trigger = find_trigger(history, str(payload.message_id or "") or None, payload.matrix_event_id)
-            if trigger is None:
-                named = payload.message_id or payload.matrix_event_id
-                return run.skipped("trigger_not_found" if named else "no_human_message")
-            run.outcome.trigger_message_id = trigger.id
-            if trigger.by_agent:
-                return run.skipped("agent_message")  # loop guard: agents never answer agents
+            if inv.entrypoint == "cron":
+                trigger = None
+                if payload.task == BUILT_IN and not any(not m.by_agent for m in history):
+                    return run.skipped("nothing_to_do")  # nobody said anything to summarise
+                key = record_key(inv.agent_id, payload.schedule_key())
+                asked = payload.instruction or summary.REQUEST.get(blueprint.language or "en", summary.REQUEST["en"])
+                final = {"role": "user", "content": asked[: cfg.runtime.max_text_chars]}
+            else:
+                trigger = find_trigger(history, str(payload.message_id or "") or None, payload.matrix_event_id)
+                if trigger is None:
+                    named = payload.message_id or payload.matrix_event_id
+                    return run.skipped("trigger_not_found" if named else "no_human_message")
+                run.outcome.trigger_message_id = trigger.id
+                if trigger.by_agent:
+                    return run.skipped("agent_message")  # loop guard: agents never answer agents
+                key = record_key(inv.agent_id, trigger.id)
+                asked = trigger.text
+                final = prompt.turn(trigger, inv.agent_id, cfg.runtime.max_text_chars)
+                history = history[: history.index(trigger)]
 
-            # 3. Claim the message: exactly one reply per human message.
-            key = record_key(inv.agent_id, trigger.id)
+            # 3. Claim it: exactly one reply per human message, one run per schedule firing.
             claim = await rt.idempotency.claim(key, cfg.runtime.idempotency_in_progress_ttl_s)
             if claim.state is ClaimState.COMPLETE:
                 run.outcome.message_id = (claim.result or {}).get("message_id")
@@ -78,46 +92,71 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 )
             run.claim = (key, claim.token)
 
-            # 4. Query memory with the message's text (optional: the run goes on without it).
+            # 4. Query memory with what is asked (optional: the run goes on without it).
             memory = []
-            if trigger.text.strip():
+            if asked.strip():
                 with run.step("memory", optional=True):
                     memory = await rt.memory.query(
                         agent_id=inv.agent_id,
                         microdao_id=microdao_id,
                         channel_id=channel_id,
-                        query=trigger.text[: cfg.runtime.max_text_chars],
+                        query=asked[: cfg.runtime.max_text_chars],
                         k=blueprint.memory.top_k,
                         deadline=deadline,
                     )
 
-            # 5. Build the prompt.
-            messages = prompt.build(
-                instructions=variant.instructions if variant else blueprint.instructions,
+            # 5. Build the prompt, fitted to the model's context window less the reply's reserve:
+            #    instructions and the final turn always, then memory, then history newest first.
+            toolbox = rt.toolbox(
+                blueprint.tools,
                 agent_id=inv.agent_id,
+                microdao_id=microdao_id,
+                context={"channel_id": channel_id, "trigger": key, "entrypoint": inv.entrypoint},
+                history=history if trigger is None else [*history, trigger],
+            )
+            run.outcome.tool_calls = toolbox.calls
+            limits = cfg.llm.limits(blueprint.model)
+            native = rt.llm.native_tools
+            fitted = prompt.build(
+                instructions=variant.instructions if variant else blueprint.instructions,
+                entrypoint=inv.entrypoint,
+                language=blueprint.language,
+                tool_protocol=text_protocol(toolbox.specs) if toolbox.specs and not native else None,
                 rewrite_prompt=payload.rewrite_prompt,
                 memory=memory,
-                history=history,
-                trigger=trigger,
+                history=[] if payload.task == BUILT_IN else history,  # a summary reads the digest
+                final=final,
+                agent_id=inv.agent_id,
                 window=cfg.runtime.history_window,
                 max_chars=cfg.runtime.max_text_chars,
+                limit=limits.context_window - limits.reply_reserve,
+                overhead=estimate(json.dumps([t.parameters for t in toolbox.specs])) if native else 0,
             )
+            run.outcome.prompt_tokens, run.outcome.trimmed = fitted.tokens, fitted.trimmed
+            messages = fitted.messages
+            if inv.entrypoint == "cron" and payload.task == BUILT_IN:
+                messages += toolbox.scheduled_summary()
 
-            # 6. Ask the LLM; the keyword mock answers when it fails and the fallback is on.
-            reply = None
-            with run.step("llm", optional=cfg.llm.mock_fallback):
-                reply = await rt.llm.complete(
+            # 6. Ask the LLM (the keyword mock when it fails and the fallback is on). The tools it
+            #    calls run, policy-checked, and their results go back to it: at most max_tool_steps rounds.
+            steps = cfg.tools.max_tool_steps
+            for step in range(steps + 1):
+                request = ChatRequest(
                     model=blueprint.model,
                     messages=messages,
-                    max_tokens=blueprint.max_tokens,
+                    max_tokens=min(blueprint.max_tokens, limits.reply_reserve),
                     temperature=blueprint.temperature,
-                    deadline=deadline,
                     metadata={"agent_id": inv.agent_id, "microdao_id": microdao_id, "channel_id": channel_id},
+                    tools=toolbox.specs,
+                    allow_tools=step < steps,
                 )
-                run.outcome.llm_source = "llm"
-            if reply is None:
-                reply = mock_llm.reply(trigger.text, blueprint.name)
-                run.outcome.llm_source = "mock"
+                completion = await _complete(rt, run, request, blueprint.name, deadline)
+                if not completion.tool_calls or step == steps:
+                    break
+                with run.step("tools"):
+                    messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, deadline)]
+                run.side_effects = toolbox.side_effects
+            reply = completion.text or mock_llm.reply(asked, blueprint.name)
             reply = reply[: cfg.runtime.max_reply_chars]
 
             # 7. Post the reply into the channel.
@@ -132,9 +171,10 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                         agent_id=inv.agent_id,
                         microdao_id=microdao_id,
                         channel_id=channel_id,
-                        content={"user_message": trigger.text, "agent_reply": reply},
+                        content={"user_message": asked, "agent_reply": reply},
                         metadata={
-                            "trigger_message_id": trigger.id,
+                            "trigger_message_id": trigger.id if trigger else None,
+                            "schedule": key if trigger is None else None,
                             "reply_message_id": run.outcome.message_id,
                             "llm_source": run.outcome.llm_source,
                             "entrypoint": inv.entrypoint,
@@ -143,11 +183,29 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                     )
             return run.replied()
         except StepFailed as failure:
-            if failure.error.uncertain:
-                await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)  # never post twice
+            if failure.error.uncertain or run.side_effects:
+                await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)  # never post or act twice
             return run.failed(failure.step, failure.error)
         finally:
             await run.release(rt)
+
+
+async def _complete(rt: Runtime, run: Run, request: ChatRequest, agent_name: str, deadline: Deadline) -> Completion:
+    """The LLM's next turn; the mock's once the LLM failed and the fallback is on (noted, counted)."""
+    agent_id = request.metadata["agent_id"]
+    if run.outcome.llm_source != "mock":
+        with run.step("llm", optional=rt.settings.llm.mock_fallback):
+            try:
+                completion = await rt.llm.complete(request, deadline)
+            except DependencyError:
+                metrics.LLM_CALLS.labels(agent_id, rt.llm.name, "error").inc()
+                raise
+            metrics.LLM_CALLS.labels(agent_id, rt.llm.name, "ok").inc()
+            run.outcome.llm_source = "llm"
+            return completion
+        metrics.MOCK_FALLBACKS.labels(agent_id).inc()
+    run.outcome.llm_source = "mock"
+    return mock_llm.complete(request.messages, [t.name for t in request.tools if request.allow_tools], agent_name)
 
 
 def find_trigger(
@@ -175,20 +233,25 @@ class Run:
     def __init__(self, inv: Invocation) -> None:
         self.timer = StepTimer()
         self.claim: tuple[str, str] | None = None
+        self.side_effects = False  # a tool may have acted: a failed run must not run again
         self.outcome = Outcome(
             status="failed", agent_id=inv.agent_id, entrypoint=inv.entrypoint, channel_id=str(inv.payload.channel_id)
         )
 
     @contextmanager
     def step(self, name: Step, *, optional: bool = False) -> Iterator[None]:
-        """Time a step; a dependency failure fails the run, or only notes it when optional."""
-        with self.timer.step(name):
-            try:
-                yield
-            except DependencyError as exc:
-                if not optional:
-                    raise StepFailed(name, exc) from None
-                self.outcome.notes.append(f"{name}_degraded: {exc.kind}")
+        """Time a step (a repeated step adds up); a dependency failure fails the run, or only notes
+        it when optional."""
+        started = time.perf_counter()
+        try:
+            yield
+        except DependencyError as exc:
+            if not optional:
+                raise StepFailed(name, exc) from None
+            self.outcome.notes.append(f"{name}_degraded: {exc.kind}")
+        finally:
+            spent = (time.perf_counter() - started) * 1000
+            self.timer.timings_ms[name] = round(self.timer.timings_ms.get(name, 0.0) + spent, 2)
 
     def replied(self) -> Outcome:
         return self._end("replied")

@@ -1,35 +1,62 @@
-"""Prompt assembly: who the agent is, what it remembers, what was said."""
+"""Prompt assembly: who the agent is, what it remembers, what was said, fitted to the model's window."""
 
 from __future__ import annotations
 
-from shared.contracts import ChannelMessage, MemoryItem
+from typing import Any
+
+from shared import budget
+from shared.contracts import ChannelMessage, Entrypoint, MemoryItem
+
+MEMORY_HEADER = "Relevant memory (most relevant first):"
+SITUATION = {
+    "channel_message": "",
+    "direct": "This is a direct, private conversation with one member.",
+    "cron": "This is a scheduled run: nobody wrote to you. Do the task below and write the result for "
+    "the channel's members.",
+}
+_LANGUAGES = {"uk": "Ukrainian", "en": "English"}
 
 
 def build(
     *,
     instructions: str,
-    agent_id: str,
+    entrypoint: Entrypoint,
+    language: str | None,
+    tool_protocol: str | None,
     rewrite_prompt: str | None,
     memory: list[MemoryItem],
     history: list[ChannelMessage],
-    trigger: ChannelMessage,
+    final: dict[str, Any],
+    agent_id: str,
     window: int,
     max_chars: int,
-) -> list[dict[str, str]]:
-    """System turn, memory turn, then the last ``window`` messages up to and including the trigger.
+    limit: int,
+    overhead: int = 0,
+) -> budget.Fitted:
+    """System turn, memory turn, then the recent messages of ``history``, then ``final``: the
+    triggering message, or a schedule's task; ``window`` turns in all. Fitted to ``limit`` tokens
+    (see budget.fit).
 
     Channel members only ever speak as ``user`` (or, for this agent, ``assistant``): nothing they
     write becomes system text.
     """
-    system = instructions
+    parts = [instructions, SITUATION[entrypoint]]
+    if language:
+        parts.append(f"When the language of the conversation is unclear, use {_LANGUAGES.get(language, language)}.")
+    parts.append(tool_protocol or "")
     if rewrite_prompt:
-        system += "\n\n" + rewrite_prompt[:max_chars]
-    messages = [{"role": "system", "content": system}]
-    if memory:
-        facts = "\n".join(f"- {item.content[:max_chars]}" for item in memory)
-        messages.append({"role": "system", "content": "Relevant memory (most relevant first):\n" + facts})
-    upto = history.index(trigger) + 1
-    for message in history[max(0, upto - window) : upto]:
-        own = message.sender_id == agent_id
-        messages.append({"role": "assistant" if own else "user", "content": message.text[:max_chars]})
-    return messages
+        parts.append(rewrite_prompt[:max_chars])
+    recent = history[max(0, len(history) - (window - 1)) :]  # the window counts the final turn too
+    return budget.fit(
+        system="\n\n".join(p.strip() for p in parts if p and p.strip()),
+        memory=[f"- {item.content[:max_chars]}" for item in memory],
+        memory_header=MEMORY_HEADER,
+        history=[turn(m, agent_id, max_chars) for m in recent],
+        final=final,
+        limit=limit,
+        overhead=overhead,
+    )
+
+
+def turn(message: ChannelMessage, agent_id: str, max_chars: int) -> dict[str, str]:
+    return {"role": "assistant" if message.sender_id == agent_id else "user", "content": message.text[:max_chars]}

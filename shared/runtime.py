@@ -7,13 +7,15 @@ from pathlib import Path
 
 from shared import settings as settings_module
 from shared.blueprints import BlueprintChain
+from shared.contracts import ChannelMessage
 from shared.http import Endpoint
 from shared.idempotency import IdempotencyStore, InProcessStore
-from shared.llm import LlmClient
+from shared.llm import PROVIDERS, Provider
 from shared.memory import MemoryClient
 from shared.messaging import MessagingClient
 from shared.ordering import KeyedLocks
-from shared.settings import ServiceSettings, Settings
+from shared.settings import LlmSettings, ServiceSettings, Settings
+from shared.tools import Toolbox
 
 
 def idempotency_store(s: Settings) -> IdempotencyStore:
@@ -34,15 +36,41 @@ def endpoint(name: str, service: ServiceSettings) -> Endpoint:
     return Endpoint(name, service.url, secret, service.timeout_s, service.attempts)
 
 
+def llm_provider(s: LlmSettings) -> Provider:
+    """The configured provider; its API key travels in the header that provider reads."""
+    if s.provider == "openai":
+        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        where = Endpoint("llm", s.openai_url, None, s.timeout_s, s.attempts, headers)
+    elif s.provider == "anthropic":
+        key = s.anthropic_api_key.get_secret_value() if s.anthropic_api_key else ""
+        headers = {"x-api-key": key, "anthropic-version": s.anthropic_version}
+        where = Endpoint("llm", s.anthropic_url, None, s.timeout_s, s.attempts, headers)
+    else:
+        where = endpoint("llm", s)
+    return PROVIDERS[s.provider](where)
+
+
 @dataclass
 class Runtime:
     settings: Settings
     messaging: MessagingClient
     memory: MemoryClient
-    llm: LlmClient
+    llm: Provider
     blueprints: BlueprintChain
     idempotency: IdempotencyStore
+    toolcore: Endpoint
+    pdp: Endpoint
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+
+    def toolbox(
+        self, names: list[str], *, agent_id: str, microdao_id: str, context: dict, history: list[ChannelMessage]
+    ) -> Toolbox:
+        """One run's tools: the blueprint's names, run through toolcore after the PDP permits."""
+        t = self.settings.tools
+        return Toolbox(
+            self.toolcore, self.pdp, t.toolcore_ids, names, agent_id, microdao_id, context, history, t.max_result_chars
+        )
 
     def nats_connected(self) -> bool | None:
         """The live state of this process's NATS connection; None when it has none."""
@@ -58,13 +86,21 @@ class Runtime:
                 history_limit=s.messaging.history_limit,
             ),
             memory=MemoryClient(endpoint("memory", s.memory)),
-            llm=LlmClient(endpoint("llm", s.llm)),
+            llm=llm_provider(s.llm),
             blueprints=BlueprintChain(
                 s,
                 endpoint("agents", s.agents) if s.agents.url else None,
                 settings_module.DEFAULT_CONFIG.parent / Path(s.agents.blueprints_dir),
             ),
             idempotency=idempotency or idempotency_store(s),
+            toolcore=endpoint("toolcore", s.tools),
+            pdp=Endpoint(
+                "pdp",
+                s.tools.pdp_url,
+                s.tools.pdp_secret.get_secret_value() if s.tools.pdp_secret else None,
+                s.tools.pdp_timeout_s,
+                2,
+            ),
         )
 
 

@@ -27,6 +27,7 @@ class LlmStandIn:
         self.secret = secret
         self.faults = FaultTable()
         self.requests: list[dict[str, Any]] = []
+        self.script: list[str] = []  # the next answers' content, in order; then the echo
 
     async def models(self, request: Request) -> JSONResponse:
         return JSONResponse({"models": [{"name": "gpt-4"}, {"name": "dagi-local-8b"}]})
@@ -37,7 +38,7 @@ class LlmStandIn:
         body = await request.json()
         self.requests.append(body)
         last_user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
-        content = f"LLM reply to: {last_user}"
+        content = self.script.pop(0) if self.script else f"LLM reply to: {last_user}"
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         if self.style == "openai":
             return JSONResponse(

@@ -16,7 +16,9 @@ from standins.agents import AgentsStandIn
 from standins.llm import LlmStandIn
 from standins.memory import MemoryStandIn
 from standins.messaging import MessagingStandIn
+from standins.providers import AnthropicStandIn, OpenAiStandIn
 from standins.server import Served
+from standins.toolcore import PdpStandIn, ToolcoreStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,13 +32,17 @@ def free_port() -> int:
 class Stack:
     """The stand-ins, served once per test session and reset for every test."""
 
-    NAMES = ("messaging", "memory", "llm", "agents")
+    NAMES = ("messaging", "memory", "llm", "agents", "toolcore", "pdp", "openai", "anthropic")
 
     def __init__(self) -> None:
         self.messaging = MessagingStandIn()
         self.memory = MemoryStandIn()
         self.llm = LlmStandIn()
         self.agents = AgentsStandIn()
+        self.toolcore = ToolcoreStandIn()
+        self.pdp = PdpStandIn()
+        self.openai = OpenAiStandIn()
+        self.anthropic = AnthropicStandIn()
         self.servers = {name: Served(getattr(self, name).app) for name in self.NAMES}
 
     def url(self, name: str) -> str:
@@ -52,6 +58,12 @@ class Stack:
             "AGENT_MEMORY_URL": self.url("memory"),
             "LLM_PROXY_URL": self.url("llm"),
             "AGENTS_SERVICE_URL": self.url("agents"),
+            "TOOLCORE_URL": self.url("toolcore"),
+            "PDP_SERVICE_URL": self.url("pdp"),
+            "OPENAI_BASE_URL": self.url("openai") + "/v1",
+            "OPENAI_API_KEY": "test-key",
+            "ANTHROPIC_BASE_URL": self.url("anthropic"),
+            "ANTHROPIC_API_KEY": "test-key",
             **extra,
         }
 

@@ -228,9 +228,15 @@ async def test_skip_when_the_named_message_is_not_in_history(stack, client):
     assert stack.messaging.posts == []
 
 
-async def test_cron_has_nothing_to_do_yet(stack, client):
-    cron = invocation(stack.channel(), entrypoint="cron", schedule_id="daily", fire_time="2026-01-01T09:00:00Z")
-    outcome = (await client.post("/invoke", json={**cron, "payload": {**cron["payload"], "instruction": "x"}})).json()
+async def test_cron_summary_of_an_empty_channel_has_nothing_to_do(stack, client):
+    cron = invocation(
+        stack.channel(),
+        entrypoint="cron",
+        schedule_id="daily",
+        fire_time="2026-01-01T09:00:00Z",
+        task="summarize_channel",
+    )
+    outcome = (await client.post("/invoke", json=cron)).json()
     assert outcome["status"] == "skipped" and outcome["reason"] == "nothing_to_do"
 
 

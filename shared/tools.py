@@ -1,0 +1,145 @@
+"""The blueprint's tools for one run: what is offered to the LLM, and running the calls it makes.
+
+Every call is checked with pdp-service first (``exec_tool``): only an explicit permit allows it,
+an unreachable PDP denies. Then toolcore runs it, or the runtime itself for ``summarize_channel``.
+A tool's failure goes back to the LLM as the result; it never fails the invocation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import summary
+from shared.contracts import ChannelMessage
+from shared.deadline import Deadline
+from shared.http import DependencyError, Endpoint
+from shared.llm import Completion, ToolCall, ToolSpec
+
+BUILT_IN = "summarize_channel"
+_TEXT = {"type": "string"}
+SPECS = {
+    "create_task": ToolSpec(
+        "create_task",
+        "Create a task in the DAO's task tracker.",
+        {
+            "type": "object",
+            "properties": {"title": _TEXT, "description": _TEXT, "assignee": _TEXT, "due_date": _TEXT},
+            "required": ["title"],
+        },
+    ),
+    "create_followup": ToolSpec(
+        "create_followup",
+        "Schedule a follow-up reminder in this channel.",
+        {"type": "object", "properties": {"text": _TEXT, "due": _TEXT}, "required": ["text"]},
+    ),
+    "list_projects": ToolSpec("list_projects", "List the DAO's projects.", {"type": "object", "properties": {}}),
+    BUILT_IN: ToolSpec(BUILT_IN, "Digest of the channel's recent messages.", {"type": "object", "properties": {}}),
+}
+
+
+def spec(name: str) -> ToolSpec:
+    return SPECS.get(name) or ToolSpec(name, f"The {name} tool.", {"type": "object"})
+
+
+@dataclass
+class Toolbox:
+    toolcore: Endpoint
+    pdp: Endpoint
+    toolcore_ids: dict[str, str]
+    names: list[str]  # the blueprint's tools
+    agent_id: str
+    microdao_id: str
+    context: dict[str, Any]  # channel, trigger: what toolcore and the PDP are told
+    history: list[ChannelMessage]
+    max_result_chars: int
+    calls: list[dict[str, str]] = field(default_factory=list)  # {"tool", "result"}, for the outcome
+    side_effects: bool = False  # a toolcore call may have changed something: never run this trigger again
+
+    @property
+    def specs(self) -> list[ToolSpec]:
+        return [spec(name) for name in self.names]
+
+    async def run(self, calls: list[ToolCall], deadline: Deadline) -> list[dict[str, Any]]:
+        """The tool turns that answer ``calls``, in order."""
+        turns = []
+        for call in calls:
+            result, answer = await self._call(call, deadline)
+            self.calls.append({"tool": call.name, "result": result})
+            content = json.dumps(answer, ensure_ascii=False, default=str)[: self.max_result_chars]
+            turns.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content})
+        return turns
+
+    async def _call(self, call: ToolCall, deadline: Deadline) -> tuple[str, dict[str, Any]]:
+        if call.name not in self.names:
+            return "error", {"ok": False, "error": f"no tool named {call.name}"}
+        if call.arguments is None:
+            return "error", {"ok": False, "error": "arguments must be a JSON object"}
+        tool_id = BUILT_IN if call.name == BUILT_IN else self.toolcore_ids.get(call.name)
+        if tool_id is None:
+            return "error", {"ok": False, "error": f"{call.name} is not mapped to a toolcore tool"}
+        if not await self._permitted(tool_id, deadline):
+            return "denied", {"ok": False, "error": "not permitted by policy"}
+        if tool_id == BUILT_IN:
+            return "ok", {"ok": True, "result": summary.digest(self.history)}
+        if not self.toolcore.base_url:
+            return "error", {"ok": False, "error": "toolcore is not configured"}
+        try:
+            data = await self.toolcore.call(
+                "POST",
+                "/internal/tools/call",
+                deadline,
+                json_body={
+                    "tool_id": tool_id,
+                    "agent_id": self.agent_id,
+                    "microdao_id": self.microdao_id,
+                    "args": call.arguments,
+                    "context": self.context,
+                },
+                retry=False,  # creating a task twice is worse than not at all
+            )
+        except DependencyError as exc:
+            self.side_effects |= exc.sent
+            return "error", {"ok": False, "error": str(exc)}
+        self.side_effects = True
+        if not isinstance(data, dict) or not data.get("ok"):
+            error = data.get("error") if isinstance(data, dict) else None
+            return "error", {"ok": False, "error": str(error or "toolcore answered without ok")}
+        return "ok", {"ok": True, "result": data.get("result")}
+
+    async def _permitted(self, tool_id: str, deadline: Deadline) -> bool:
+        """Only an explicit permit allows a call; no answer is a deny."""
+        if not self.pdp.base_url:
+            return False
+        try:
+            data = await self.pdp.call(
+                "POST",
+                "/internal/pdp/evaluate",
+                deadline,
+                json_body={
+                    "actor": {
+                        "actor_id": self.agent_id,
+                        "actor_type": "agent",
+                        "microdao_ids": [self.microdao_id],
+                        "roles": [],
+                    },
+                    "action": "exec_tool",
+                    "resource": {"type": "tool", "id": tool_id},
+                    "context": self.context,
+                },
+            )
+        except DependencyError:
+            return False
+        return isinstance(data, dict) and data.get("effect") == "permit"
+
+    def scheduled_summary(self) -> list[dict[str, Any]]:
+        """summarize_channel run by the runtime on a schedule's behalf (no LLM asked for it): the call
+        and its result as turns, so the LLM writes the summary from them."""
+        call = ToolCall("scheduled", BUILT_IN, {})
+        result = json.dumps({"ok": True, "result": summary.digest(self.history)}, ensure_ascii=False)
+        self.calls.append({"tool": BUILT_IN, "result": "ok"})
+        return [
+            Completion("", [call]).as_message(),
+            {"role": "tool", "tool_call_id": call.id, "name": BUILT_IN, "content": result},
+        ]

@@ -1,0 +1,97 @@
+"""Fake LLM providers speaking their public APIs: OpenAI Chat Completions and Anthropic Messages.
+
+Each answers the next scripted turn (``script``: text, or a list of tool calls as (name, arguments))
+or else echoes the last user text, and checks the API key in the header its API uses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from standins.server import FaultTable
+
+Turn = str | list[tuple[str, dict[str, Any]]]
+
+
+class _FakeProvider:
+    key_header = ""
+    key_prefix = ""
+
+    def __init__(self, path: str, key: str = "test-key") -> None:
+        self.reset(key)
+        self.app = Starlette(routes=[Route(path, self.complete, methods=["POST"])])
+
+    def reset(self, key: str = "test-key") -> None:
+        self.key = key
+        self.faults = FaultTable()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.script: list[Turn] = []
+
+    async def complete(self, request: Request) -> JSONResponse:
+        if denied := await self.faults.apply("complete", request):
+            return denied
+        if request.headers.get(self.key_header) != self.key_prefix + self.key:
+            return JSONResponse({"error": {"message": "invalid api key"}}, status_code=401)
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        turn = self.script.pop(0) if self.script else f"LLM reply to: {self.last_user_text(body)}"
+        return JSONResponse(self.answer(turn))
+
+    def last_user_text(self, body: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def answer(self, turn: Turn) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class OpenAiStandIn(_FakeProvider):
+    key_header, key_prefix = "authorization", "Bearer "
+
+    def __init__(self, key: str = "test-key") -> None:
+        super().__init__("/v1/chat/completions", key)
+
+    def last_user_text(self, body: dict[str, Any]) -> str:
+        return next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+
+    def answer(self, turn: Turn) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": turn if isinstance(turn, str) else None}
+        if not isinstance(turn, str):
+            message["tool_calls"] = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
+                for i, (n, a) in enumerate(turn)
+            ]
+        return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+
+
+class AnthropicStandIn(_FakeProvider):
+    key_header = "x-api-key"
+
+    def __init__(self, key: str = "test-key") -> None:
+        super().__init__("/v1/messages", key)
+
+    async def complete(self, request: Request) -> JSONResponse:
+        if not request.headers.get("anthropic-version"):
+            return JSONResponse({"error": {"message": "anthropic-version header is required"}}, status_code=400)
+        return await super().complete(request)
+
+    def last_user_text(self, body: dict[str, Any]) -> str:
+        for message in reversed(body["messages"]):
+            texts = [b["text"] for b in message["content"] if message["role"] == "user" and b["type"] == "text"]
+            if texts:
+                return texts[-1]
+        return ""
+
+    def answer(self, turn: Turn) -> dict[str, Any]:
+        if isinstance(turn, str):
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": turn}]
+        else:
+            blocks = [{"type": "tool_use", "id": f"toolu_{i}", "name": n, "input": a} for i, (n, a) in enumerate(turn)]
+        return {"id": "msg_1", "type": "message", "role": "assistant", "content": blocks, "stop_reason": "end_turn"}
