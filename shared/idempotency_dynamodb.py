@@ -1,0 +1,144 @@
+"""Idempotency records in a DynamoDB table, shared by every Lambda container.
+
+One item per record: ``key`` (the partition key), ``state``, ``token``, ``result`` (JSON) and
+``expires_at`` (epoch seconds). ``expires_at`` is the table's TTL attribute and also the logical
+expiry: DynamoDB deletes expired items only eventually, so every condition checks it as well.
+A claim is one conditional put (no item, or an expired one); when the condition fails, DynamoDB
+answers with the item that stopped it, so a claim never needs a second read. complete() and
+release() act only while the caller's token is the item's. boto3 is imported on first use; its
+blocking calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from shared.http import DependencyError
+from shared.idempotency import Claim, ClaimState
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+KEY_ATTRIBUTE = "key"
+TTL_ATTRIBUTE = "expires_at"
+_NAMES = {"#key": KEY_ATTRIBUTE, "#expires": TTL_ATTRIBUTE, "#state": "state", "#token": "token", "#result": "result"}
+# Errors that no retry fixes: the table or the permission is missing, or the request is wrong.
+_FINAL = {
+    "AccessDeniedException": "unauthorized",
+    "ResourceNotFoundException": "rejected",
+    "ValidationException": "rejected",
+}
+
+
+class _ConditionFailed(Exception):
+    def __init__(self, item: dict[str, Any]) -> None:
+        self.item = item
+
+
+class DynamoDbStore:
+    def __init__(self, table: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.table = table
+        self._clock = clock  # wall time: containers on different hosts compare expiries
+        self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DynamoDbStore:
+        return cls(s.idempotency.dynamodb_table)
+
+    async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
+        token = uuid.uuid4().hex
+        now = self._clock()
+        item = {
+            KEY_ATTRIBUTE: {"S": key},
+            "state": {"S": "in_progress"},
+            "token": {"S": token},
+            TTL_ATTRIBUTE: {"N": str(math.ceil(now + in_progress_ttl_s))},
+        }
+        try:
+            await self._call(
+                "put_item",
+                Item=item,
+                ConditionExpression="attribute_not_exists(#key) OR #expires <= :now",
+                ExpressionAttributeNames=_names("#key", "#expires"),
+                ExpressionAttributeValues={":now": {"N": str(math.floor(now))}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except _ConditionFailed as live:
+            if live.item.get("state", {}).get("S") == "complete":
+                return Claim(ClaimState.COMPLETE, result=json.loads(live.item.get("result", {}).get("S", "null")))
+            return Claim(ClaimState.IN_PROGRESS)
+        return Claim(ClaimState.NEW, token=token)
+
+    async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        try:
+            await self._call(
+                "update_item",
+                Key={KEY_ATTRIBUTE: {"S": key}},
+                UpdateExpression="SET #state = :complete, #result = :result, #expires = :expires",
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames=_names("#state", "#result", "#expires", "#token"),
+                ExpressionAttributeValues={
+                    ":complete": {"S": "complete"},
+                    ":result": {"S": json.dumps(result)},
+                    ":expires": {"N": str(math.ceil(self._clock() + ttl_s))},
+                    ":token": {"S": token},
+                },
+            )
+        except _ConditionFailed:
+            pass  # no longer ours: it expired and another run took it over
+
+    async def release(self, key: str, token: str) -> None:
+        try:
+            await self._call(
+                "delete_item",
+                Key={KEY_ATTRIBUTE: {"S": key}},
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames=_names("#token"),
+                ExpressionAttributeValues={":token": {"S": token}},
+            )
+        except _ConditionFailed:
+            pass
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        method = getattr(self._boto(), operation)
+        return await asyncio.to_thread(_translate_errors, method, TableName=self.table, **params)
+
+    def _boto(self) -> Any:
+        # made on the event loop's thread, once: boto3's default session is not thread-safe to build
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # bounded: a claim has to fit in the invocation's deadline
+            config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+            self._client = boto3.client("dynamodb", config=config)
+        return self._client
+
+
+def _names(*placeholders: str) -> dict[str, str]:
+    return {p: _NAMES[p] for p in placeholders}
+
+
+def _translate_errors(method: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+    """Run one call; a failed condition and AWS errors become this module's and the core's exceptions."""
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+
+    try:
+        return method(**params)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "ConditionalCheckFailedException":
+            raise _ConditionFailed(exc.response.get("Item", {})) from None
+        if code in _FINAL:
+            raise DependencyError("idempotency", _FINAL[code], f"DynamoDB {code}", retryable=False) from None
+        raise DependencyError("idempotency", "unavailable", f"DynamoDB {code}", retryable=True) from None
+    except (ConnectTimeoutError, ReadTimeoutError):
+        raise DependencyError("idempotency", "timeout", "DynamoDB did not answer", retryable=True) from None
+    except BotoCoreError as exc:
+        raise DependencyError("idempotency", "unavailable", f"DynamoDB: {type(exc).__name__}", retryable=True) from None

@@ -1,0 +1,106 @@
+"""The DynamoDB idempotency store (moto): its states, owner tokens, expiry and TTL attribute."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from shared import runtime, settings
+from shared.http import DependencyError
+from shared.idempotency import ClaimState
+from shared.idempotency_dynamodb import TTL_ATTRIBUTE, DynamoDbStore
+from tests.aws import Clock, create_table, mocked_aws, properties
+
+KEY = "agent:sofia/6f1c5c1e-6b43-4c4e-9c53-5f8a4c1f2d10"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(monkeypatch, clock):
+    with mocked_aws(monkeypatch):
+        yield DynamoDbStore(create_table(), clock=clock)
+
+
+async def test_claim_then_complete_then_duplicate(store):
+    first = await store.claim(KEY, 120)
+    assert first.state is ClaimState.NEW and first.token
+
+    assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS
+
+    await store.complete(KEY, first.token, {"message_id": "m-1", "llm_source": "llm"}, 3600)
+    again = await store.claim(KEY, 120)
+    assert again.state is ClaimState.COMPLETE
+    assert again.result == {"message_id": "m-1", "llm_source": "llm"}
+    assert again.token is None
+
+
+async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(store, clock):
+    crashed = await store.claim(KEY, 120)
+    clock.advance(119)
+    assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS
+
+    clock.advance(2)  # past the in-progress expiry: a crashed worker's invocation runs again
+    retry = await store.claim(KEY, 120)
+    assert retry.state is ClaimState.NEW and retry.token != crashed.token
+
+    # the crashed worker wakes up: it can neither complete nor release what is no longer its own
+    await store.complete(KEY, crashed.token, {"message_id": "stale"}, 3600)
+    await store.release(KEY, crashed.token)
+    assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS
+
+    await store.complete(KEY, retry.token, {"message_id": "m-2"}, 3600)
+    assert (await store.claim(KEY, 120)).result == {"message_id": "m-2"}
+
+
+async def test_release_frees_the_record_for_its_owner_only(store):
+    claim = await store.claim(KEY, 120)
+    await store.release(KEY, "someone-else")
+    assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS
+
+    await store.release(KEY, claim.token)
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
+
+
+async def test_a_complete_record_expires_after_its_ttl(store, clock):
+    claim = await store.claim(KEY, 120)
+    await store.complete(KEY, claim.token, {"message_id": "m-1"}, 3600)
+    clock.advance(3599)
+    assert (await store.claim(KEY, 120)).state is ClaimState.COMPLETE
+    clock.advance(2)
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
+
+
+async def test_items_expire_through_the_templates_ttl_attribute(store, clock):
+    declared = properties("IdempotencyTable")["TimeToLiveSpecification"]
+    assert declared == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+
+    claim = await store.claim(KEY, 120)
+    client = boto3.client("dynamodb")
+    item = client.get_item(TableName=store.table, Key={"key": {"S": KEY}}, ConsistentRead=True)["Item"]
+    assert item[TTL_ATTRIBUTE] == {"N": str(int(clock.now) + 120)}  # epoch seconds, as TTL requires
+
+    await store.complete(KEY, claim.token, {"message_id": "m-1"}, 7 * 24 * 3600)
+    item = client.get_item(TableName=store.table, Key={"key": {"S": KEY}}, ConsistentRead=True)["Item"]
+    assert item[TTL_ATTRIBUTE] == {"N": str(int(clock.now) + 7 * 24 * 3600)}
+    assert item["state"] == {"S": "complete"}
+
+
+async def test_a_missing_table_is_a_failure_no_retry_fixes(monkeypatch):
+    with mocked_aws(monkeypatch):
+        with pytest.raises(DependencyError) as failure:
+            await DynamoDbStore("no-such-table").claim(KEY, 120)
+    assert failure.value.retryable is False and failure.value.kind == "rejected"
+    assert "ResourceNotFoundException" in str(failure.value)
+
+
+def test_settings_choose_the_dynamodb_store_without_touching_aws():
+    s = settings.load(
+        {"AGENT_RUNTIME__IDEMPOTENCY__BACKEND": "dynamodb", "AGENT_RUNTIME__IDEMPOTENCY__DYNAMODB_TABLE": "records"}
+    )
+    store = runtime.idempotency_store(s)
+    assert isinstance(store, DynamoDbStore) and store.table == "records"
+    assert store._client is None  # the client is made on the first claim, not at cold start
