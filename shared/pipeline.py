@@ -20,10 +20,12 @@ from shared.runtime import Runtime
 from shared.tools import BUILT_IN
 
 
-async def run(invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None) -> Outcome:
-    """Answer one invocation and return its outcome (logged and counted here, once)."""
+async def run(
+    invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None, **log_fields: str | None
+) -> Outcome:
+    """Answer one invocation and return its outcome (logged with ``log_fields``, e.g. the trace, and counted once)."""
     outcome = await _answer(invocation, rt, Run(invocation))
-    log_outcome(outcome, delivery_id=delivery_id)
+    log_outcome(outcome, delivery_id=delivery_id, **log_fields)
     metrics.record(outcome)
     return outcome
 
