@@ -1,0 +1,35 @@
+"""The trace id of a request, as log fields that CloudWatch and Cloud Logging both index.
+
+It comes from W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<flags>``) or Google's
+``X-Cloud-Trace-Context`` (``<32 hex>/<span>;o=1``). Cloud Logging links a line to its trace
+through ``logging.googleapis.com/trace``, which needs the project: set ``GOOGLE_CLOUD_PROJECT``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def trace_id(headers: Any) -> str | None:
+    """From anything with ``.get(name)``: request headers (lower-case names), a CloudEvent."""
+    traceparent = headers.get("traceparent") or ""
+    parts = traceparent.strip().lower().split("-")
+    if len(parts) >= 4 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
+        return parts[1]
+    cloud = (headers.get("x-cloud-trace-context") or "").strip().lower().split("/")[0]
+    return cloud if _TRACE_ID.fullmatch(cloud) else None
+
+
+def log_fields(headers: Any) -> dict[str, str]:
+    found = trace_id(headers)
+    if found is None:
+        return {}
+    fields = {"trace_id": found}
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    if project:
+        fields["logging.googleapis.com/trace"] = f"projects/{project}/traces/{found}"
+    return fields
