@@ -32,6 +32,14 @@ async def health(request):
     return await http.health(request)
 
 
+@aio.cloud_event
+async def invoke_event(event):
+    """An invocation as a CloudEvent: the event's data, or a Pub/Sub message (base64 message.data) carrying it."""
+    from handlers import cloudevent
+
+    await cloudevent.invoke_event(event)
+
+
 @aio.http
 async def agent_runtime(request):
     """The seed's paths in one process: /health, /invoke, /internal/agent-runtime/test-channel."""
