@@ -115,7 +115,6 @@ def test_the_template_serves_the_seeds_paths_on_named_handlers():
     assert http_routes() == SEED_ROUTES
     for function in SEED_ROUTES.values():
         assert callable(handler(function))
-        assert template()["Globals"]["Function"]["Runtime"] == "python3.12"
 
 
 @pytest.mark.parametrize(("method", "path"), list(SEED_ROUTES))
