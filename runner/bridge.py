@@ -75,6 +75,7 @@ class Bridge:
                 cb=self._on_core_message,
                 pending_msgs_limit=self.dispatcher.capacity * 16,
             )
+            await flushed(self.nc)  # the server knows the subscription before start() returns
         log.info(
             "bridge started",
             extra={
@@ -295,6 +296,16 @@ class Bridge:
             await self._settle(msg, "nak", 5.0)
             return
         await self._reply(msg, body or json.dumps({"error": decision.reason}).encode())
+
+
+async def flushed(nc: Client) -> None:
+    """Return once the server has processed everything sent so far.
+
+    nats-py writes flush()'s PING straight to the socket, ahead of commands still in its buffer
+    (a SUB, say), so one flush can return before they are sent. The second PING follows them.
+    """
+    await nc.flush()
+    await nc.flush()
 
 
 async def _connect_until_up(nats: Any, servers: list[str]) -> Client:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from shared import http
+
 
 @dataclass
 class Fault:
@@ -82,13 +84,19 @@ class Served:
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(sock),), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError(f"stand-in server on {self.url} did not start")
             time.sleep(0.01)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        try:
+            await self._server.serve(sockets=[sock])
+        finally:
+            await http.aclose()  # an app that called out (the runtime) pooled a session on this loop
 
     def stop(self) -> None:
         self._server.should_exit = True

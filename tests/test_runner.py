@@ -1,0 +1,331 @@
+"""local_runner.py's bridge against a real nats-server: modes, retries, dead letters, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+
+import httpx
+import nats
+import pytest
+
+from runner.bridge import flushed
+from runner.embedded import NatsServer
+from standins.server import Served
+from tests.conftest import ROOT, free_port, invocation
+from tests.runner_support import ScriptedFunction, bridge, eventually
+
+SUBJECT = "router.invoke.agent"
+DLQ = "router.invoke.agent.dlq"
+MODES = ["core", "jetstream"]
+
+
+@pytest.fixture
+async def nats_server(tmp_path):
+    server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server):
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def function():
+    fn = ScriptedFunction()
+    served = Served(fn.app)
+    fn.url = f"{served.url}/invoke"
+    yield fn
+    served.stop()
+
+
+@pytest.fixture
+def agent_function(asgi_apps, configure):
+    """The real agent_runtime target, served on loopback, wired to the stand-ins."""
+    served = Served(asgi_apps["agent_runtime"])
+    yield f"{served.url}/invoke"
+    served.stop()
+
+
+async def publish(nc, body: bytes, mode: str, headers: dict | None = None) -> None:
+    # the router publishes with plain core NATS; in jetstream mode a stream captures it
+    await nc.publish(SUBJECT, body, headers=headers)
+    await nc.flush()
+
+
+def body_for(channel: str | None = None, **payload) -> bytes:
+    return json.dumps(invocation(channel or str(uuid.uuid4()), **payload)).encode()
+
+
+async def dead_letters(nc) -> list:
+    received: list = []
+
+    async def keep(msg) -> None:
+        received.append(msg)
+
+    await nc.subscribe(DLQ, cb=keep)
+    await flushed(nc)
+    return received
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_end_to_end_replies_once_per_message(stack, nats_server, nc, agent_function, mode):
+    channels = [stack.channel() for _ in range(3)]
+    messages = [stack.messaging.add_message(c, f"question {i}") for i, c in enumerate(channels * 2)]
+    b = bridge(nats_server.url, agent_function, mode=mode)
+    await b.start()
+    try:
+        for m in messages:
+            await publish(nc, json.dumps(invocation(m["channel_id"], message_id=m["id"])).encode(), mode)
+        await eventually(lambda: len(stack.messaging.posts) == len(messages), what="all replies")
+    finally:
+        assert await b.stop()
+    answered = sorted(p["text"] for p in stack.messaging.posts)
+    assert answered == sorted(f"LLM reply to: {m['content_preview']}" for m in messages)
+    if mode == "jetstream":
+        info = await nc.jetstream().consumer_info("AGENT_INVOCATIONS", "agent-runtime")
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_two_runners_in_a_queue_group_split_the_load(nats_server, nc):
+    functions = [ScriptedFunction(), ScriptedFunction()]
+    served = [Served(f.app) for f in functions]
+    bridges = [bridge(nats_server.url, f"{s.url}/invoke") for s in served]
+    try:
+        for b in bridges:
+            await b.start()
+        bodies = [body_for() for _ in range(60)]
+        for body in bodies:
+            await publish(nc, body, "core")
+        await eventually(lambda: sum(len(f.calls) for f in functions) == len(bodies), what="every invocation")
+        for b in bridges:
+            await b.stop()
+    finally:
+        for s in served:
+            s.stop()
+    forwarded = [c["body"] for f in functions for c in f.calls]
+    assert sorted(forwarded) == sorted(bodies)  # each exactly once
+    assert all(len(f.calls) > 0 for f in functions)  # both took a share
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_5xx_is_retried_then_succeeds(nats_server, nc, function, mode):
+    body = body_for()
+    function.script = {1: (503, {"status": "failed"}, {"Retry-After": "0"})}
+    b = bridge(nats_server.url, function.url, mode=mode)
+    await b.start()
+    try:
+        await publish(nc, body, mode)
+        await eventually(lambda: function.calls_for(body) == 2 and len(function.completed) == 2, what="the retry")
+    finally:
+        await b.stop()
+    if mode == "jetstream":
+        info = await nc.jetstream().consumer_info("AGENT_INVOCATIONS", "agent-runtime")
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_retries_stop_at_max_deliver_and_dead_letter(nats_server, nc, function, mode):
+    body = body_for()
+    function.script = {n: (503, {"error": "messaging: HTTP 503"}, {"Retry-After": "0"}) for n in range(1, 10)}
+    letters = await dead_letters(nc)
+    b = bridge(nats_server.url, function.url, mode=mode, max_deliver=3)
+    await b.start()
+    try:
+        await publish(nc, body, mode)
+        await eventually(lambda: len(letters) == 1, what="the dead letter")
+    finally:
+        await b.stop()
+    assert function.calls_for(body) == 3
+    assert letters[0].data == body
+    assert letters[0].headers["Agent-Runtime-Attempts"] == "3"
+    assert "gave up after 3 attempts" in letters[0].headers["Agent-Runtime-Reason"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_4xx_is_dead_lettered_with_the_reason(nats_server, nc, function, mode):
+    body = body_for()
+    function.script = {1: (424, {"error": "llm: HTTP 401: check the configured secret"}, {})}
+    letters = await dead_letters(nc)
+    b = bridge(nats_server.url, function.url, mode=mode)
+    await b.start()
+    try:
+        await publish(nc, body, mode)
+        await eventually(lambda: len(letters) == 1, what="the dead letter")
+    finally:
+        await b.stop()
+    assert function.calls_for(body) == 1  # never retried
+    assert letters[0].data == body
+    assert letters[0].headers["Agent-Runtime-Status"] == "424"
+    assert letters[0].headers["Agent-Runtime-Reason"] == "HTTP 424: llm: HTTP 401: check the configured secret"
+    if mode == "jetstream":
+        info = await nc.jetstream().consumer_info("AGENT_INVOCATIONS", "agent-runtime")
+        assert info.num_ack_pending == 0  # terminated, not left to redeliver
+        dlq = await nc.jetstream().stream_info("AGENT_INVOCATIONS_DLQ")
+        assert dlq.state.messages == 1  # dead letters are kept
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_malformed_messages_are_dead_lettered_and_the_loop_goes_on(nats_server, nc, function, mode):
+    letters = await dead_letters(nc)
+    b = bridge(nats_server.url, function.url, mode=mode)
+    await b.start()
+    good = body_for()
+    try:
+        for bad in (b"\x00\xff binary", b'{"agent_id": 5}', b"[]", b"x" * 300_000):
+            await publish(nc, bad, mode)
+        await publish(nc, good, mode)
+        await eventually(lambda: len(letters) == 4 and function.calls_for(good) == 1, what="letters and the good one")
+    finally:
+        await b.stop()
+    reasons = sorted(m.headers["Agent-Runtime-Reason"] for m in letters)
+    assert any(r.startswith("body is not JSON") for r in reasons)
+    assert any("agent_id" in r and "payload" in r for r in reasons)
+    assert any("larger than" in r for r in reasons)
+    assert [c["body"] for c in function.calls] == [good]  # nothing malformed reached the function
+
+
+async def test_request_reply_gets_the_functions_response(stack, nats_server, nc, agent_function):
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+    b = bridge(nats_server.url, agent_function)
+    await b.start()
+    try:
+        reply = await nc.request(SUBJECT, json.dumps(invocation(channel)).encode(), timeout=10)
+    finally:
+        await b.stop()
+    outcome = json.loads(reply.data)
+    assert outcome["status"] == "replied" and outcome["message_id"] == stack.messaging.posts[0]["message_id"]
+
+
+async def test_headers_are_forwarded(nats_server, nc, function):
+    b = bridge(nats_server.url, function.url, function_secret="fn-secret")
+    await b.start()
+    try:
+        trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        await publish(nc, body_for(), "core", {"Nats-Msg-Id": "msg-1", "traceparent": trace, "tracestate": "a=b"})
+        await publish(nc, body_for(), "core", {"traceparent": "00-bad\r\nX-Evil: 1"})
+        await eventually(lambda: len(function.calls) == 2, what="two calls")
+    finally:
+        await b.stop()
+    first, second = (c["headers"] for c in function.calls)
+    assert first["idempotency-key"] == "msg-1" and first["traceparent"] == trace and first["tracestate"] == "a=b"
+    assert first["x-internal-secret"] == "fn-secret"
+    assert "x-evil" not in second and second["traceparent"] != trace  # a fresh, valid one
+    assert len(second["traceparent"].split("-")) == 4
+
+
+async def test_one_channel_is_forwarded_in_order(nats_server, nc, function):
+    function.delay_s = 0.02
+    channel = str(uuid.uuid4())
+    bodies = [body_for(channel, rewrite_prompt=f"n{i}") for i in range(8)]
+    others = [body_for() for _ in range(8)]
+    b = bridge(nats_server.url, function.url, max_in_flight=16)
+    await b.start()
+    try:
+        for mine, other in zip(bodies, others, strict=True):
+            await publish(nc, mine, "core")
+            await publish(nc, other, "core")
+        await eventually(lambda: len(function.completed) == 16, what="all calls")
+    finally:
+        await b.stop()
+    assert [c for c in function.completed if c in bodies] == bodies
+
+
+async def test_jetstream_survives_a_nats_server_restart(stack, tmp_path, agent_function):
+    store = str(tmp_path / "js")
+    server = await NatsServer(port=free_port(), store_dir=store).start()
+    channel = stack.channel()
+    messages = [stack.messaging.add_message(channel, f"m{i}") for i in range(20)]
+    bodies = [json.dumps(invocation(channel, message_id=m["id"])).encode() for m in messages]
+    b = bridge(server.url, agent_function, mode="jetstream")
+    await b.start()
+    try:
+        nc = await nats.connect(server.url)
+        for body in bodies[:10]:
+            await nc.jetstream().publish(SUBJECT, body)
+        await nc.close()
+        await eventually(lambda: len(stack.messaging.posts) >= 3, what="the first replies")
+        server.kill()  # kill -9, mid-run
+        server = await NatsServer(port=server.port, store_dir=store).start()
+        await eventually(lambda: b.health()["nats_connected"], what="the reconnect")
+        nc = await nats.connect(server.url)
+        for body in bodies[10:]:
+            await nc.jetstream().publish(SUBJECT, body)
+        await nc.close()
+        await eventually(lambda: len(stack.messaging.posts) >= 20, timeout_s=30, what="every reply")
+    finally:
+        await b.stop()
+        server.stop()
+    per_trigger = [p["text"] for p in stack.messaging.posts]
+    assert sorted(per_trigger) == sorted(f"LLM reply to: m{i}" for i in range(20))  # each exactly once
+
+
+async def test_runner_health_and_metrics(nats_server, nc, function):
+    from runner.serve import Serving, status_app
+
+    b = bridge(nats_server.url, function.url)
+    await b.start()
+    status = await Serving.start(status_app(b.health), "127.0.0.1", 0)
+    try:
+        await publish(nc, body_for(), "core")
+        await eventually(lambda: len(function.completed) == 1, what="one call")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{status.port}") as http:
+            health = (await http.get("/health")).json()
+            metrics = (await http.get("/metrics")).text
+            assert health["nats_connected"] is True and health["mode"] == "core"
+            assert "runner_invocations_received_total" in metrics
+            assert 'runner_invocations_forwarded_total{status_class="2xx"}' in metrics
+            assert "runner_forward_latency_seconds_bucket" in metrics
+            nats_server.kill()
+            await eventually(lambda: not b.health()["nats_connected"], what="the disconnect")
+            down = await http.get("/health")
+            assert down.status_code == 503 and down.json()["nats_connected"] is False  # live, not from start-up
+    finally:
+        await status.stop()
+        await b.stop()
+
+
+async def test_sigterm_finishes_invocations_in_flight(nats_server, nc, function):
+    """The real command: SIGTERM with calls in flight → they finish, the runner exits 0."""
+    function.delay_s = 1.0
+    env = {**os.environ, "AGENT_RUNTIME__RUNTIME__LOG_FORMAT": "json"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "local_runner.py",
+        "--nats-url",
+        nats_server.url,
+        "--function-url",
+        function.url,
+        "--port",
+        "0",
+        "--max-in-flight",
+        "8",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    bodies = [body_for() for _ in range(5)]
+    try:
+        started = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert started.startswith(b"agent-runtime runner:")  # printed once subscribed
+        for body in bodies:
+            await publish(nc, body, "core")
+        await eventually(lambda: len(function.calls) == 5, what="every call to start")
+        assert function.completed == []  # all five are in flight
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert sorted(function.completed) == sorted(bodies)
