@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared import pipeline, runtime
-from shared.deadline import Deadline
+from shared import pipeline, runtime, tracing
+from shared.health import report
 from shared.intake import BadInput, check_auth, parse_invocation
 from shared.outcomes import http_status, retry_headers
 
@@ -30,7 +29,9 @@ async def invoke(request: Request) -> JSONResponse:
     except BadInput as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
     try:
-        outcome = await pipeline.run(invocation, rt, delivery_id=request.headers.get("idempotency-key"))
+        outcome = await pipeline.run(
+            invocation, rt, delivery_id=request.headers.get("idempotency-key"), **tracing.log_fields(request.headers)
+        )
     except Exception:
         log.exception("defect while running invocation", extra={"fields": {"agent_id": invocation.agent_id}})
         return JSONResponse({"error": "internal error"}, status_code=500)
@@ -45,21 +46,8 @@ test_channel = invoke
 
 async def health(request: Request) -> JSONResponse:
     """The seed's body; with ?deep=1, what each dependency answers when asked."""
-    rt = runtime.get()
-    s = rt.settings
-    body: dict = {"status": "ok", "service": s.service, "version": s.version, "nats_connected": rt.nats_connected()}
-    if request.query_params.get("deep") in ("1", "true", "yes"):
-        deadline = Deadline(min(5.0, s.runtime.deadline_s))
-        names = ("messaging", "memory", "llm")
-        probes = (
-            rt.messaging.endpoint.probe("/health", deadline),
-            rt.memory.endpoint.probe("/health", deadline),
-            rt.llm.endpoint.probe(rt.llm.probe_path, deadline),
-        )
-        body["dependencies"] = dict(zip(names, await asyncio.gather(*probes), strict=True))
-        if not all(d["ok"] for d in body["dependencies"].values()):
-            body["status"] = "degraded"
-    return JSONResponse(body)
+    deep = request.query_params.get("deep") in ("1", "true", "yes")
+    return JSONResponse(await report(runtime.get(), deep=deep))
 
 
 async def metrics(request: Request) -> Response:

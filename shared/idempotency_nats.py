@@ -12,8 +12,11 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from shared.http import DependencyError
 from shared.idempotency import Claim, ClaimState
 
 if TYPE_CHECKING:
@@ -40,6 +43,24 @@ class NatsKvStore:
         return any(t.done() and not t.exception() and t.result()[0].is_connected for t in self._conns.values())
 
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
+        async with _unavailable_as_dependency_error():
+            return await self._claim(key, in_progress_ttl_s)
+
+    async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        async with _unavailable_as_dependency_error():
+            kv, name = await self._kv(), _name(key)
+            revision = await self._owned_revision(kv, name, token)
+            if revision is not None:
+                await kv.update(name, _encode("complete", token, ttl_s, result), last=revision)
+
+    async def release(self, key: str, token: str) -> None:
+        async with _unavailable_as_dependency_error():
+            kv, name = await self._kv(), _name(key)
+            revision = await self._owned_revision(kv, name, token)
+            if revision is not None:
+                await kv.delete(name, last=revision)
+
+    async def _claim(self, key: str, in_progress_ttl_s: float) -> Claim:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         kv, name = await self._kv(), _name(key)
@@ -68,18 +89,6 @@ class NatsKvStore:
             return Claim(ClaimState.NEW, token=token)
         except KeyWrongLastSequenceError:
             return Claim(ClaimState.IN_PROGRESS)
-
-    async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
-        kv, name = await self._kv(), _name(key)
-        revision = await self._owned_revision(kv, name, token)
-        if revision is not None:
-            await kv.update(name, _encode("complete", token, ttl_s, result), last=revision)
-
-    async def release(self, key: str, token: str) -> None:
-        kv, name = await self._kv(), _name(key)
-        revision = await self._owned_revision(kv, name, token)
-        if revision is not None:
-            await kv.delete(name, last=revision)
 
     async def close(self) -> None:
         task = self._conns.pop(asyncio.get_running_loop(), None)
@@ -110,7 +119,12 @@ class NatsKvStore:
         import nats
         from nats.js.errors import BucketNotFoundError
 
-        nc = await nats.connect(servers=self.servers, max_reconnect_attempts=-1, name="agent-runtime-idempotency")
+        nc = await asyncio.wait_for(  # bounded: an invocation must not wait forever for NATS
+            nats.connect(
+                servers=self.servers, max_reconnect_attempts=-1, connect_timeout=2, name="agent-runtime-idempotency"
+            ),
+            timeout=5,
+        )
         js = nc.jetstream()
         try:
             kv = await js.key_value(self.bucket)
@@ -118,6 +132,17 @@ class NatsKvStore:
             # history 1: only the current record matters; ttl: records never outlive max_age_s
             kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s)
         return nc, kv
+
+
+@asynccontextmanager
+async def _unavailable_as_dependency_error() -> AsyncIterator[None]:
+    """NATS down or slow: a failure a retry can help, in the core's terms."""
+    import nats.errors
+
+    try:
+        yield
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise DependencyError("idempotency", "unavailable", f"NATS KV: {type(exc).__name__}", retryable=True) from None
 
 
 def _name(key: str) -> str:

@@ -77,7 +77,8 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 history = history[: history.index(trigger)]
 
             # 3. Claim it: exactly one reply per human message, one run per schedule firing.
-            claim = await rt.idempotency.claim(key, cfg.runtime.idempotency_in_progress_ttl_s)
+            with run.step("idempotency"):
+                claim = await rt.idempotency.claim(key, cfg.runtime.idempotency_in_progress_ttl_s)
             if claim.state is ClaimState.COMPLETE:
                 run.outcome.message_id = (claim.result or {}).get("message_id")
                 return run.skipped("duplicate")
@@ -269,19 +270,22 @@ class Run:
         return self._end("failed")
 
     async def complete(self, rt: Runtime, ttl_s: float) -> None:
+        """Record the answer. The reply is out whatever the store says: its failure is only a note."""
         if self.claim:
             key, token = self.claim
             self.claim = None
-            await rt.idempotency.complete(
-                key, token, {"message_id": self.outcome.message_id, "llm_source": self.outcome.llm_source}, ttl_s
-            )
+            result = {"message_id": self.outcome.message_id, "llm_source": self.outcome.llm_source}
+            with self.step("idempotency", optional=True):
+                await rt.idempotency.complete(key, token, result, ttl_s)
 
     async def release(self, rt: Runtime) -> None:
-        """A run that did not post gives its message back, so a retry can answer it."""
+        """A run that did not post gives its message back, so a retry can answer it (or, if the
+        store is down, the in-progress record expires and a retry answers then)."""
         if self.claim:
             key, token = self.claim
             self.claim = None
-            await rt.idempotency.release(key, token)
+            with self.step("idempotency", optional=True):
+                await rt.idempotency.release(key, token)
 
     def _end(self, status: str) -> Outcome:
         self.outcome.status = status  # type: ignore[assignment]

@@ -11,7 +11,6 @@ import pytest
 
 from shared import http as shared_http
 from shared import runtime, settings
-from shared.idempotency import InProcessStore
 from standins.agents import AgentsStandIn
 from standins.llm import LlmStandIn
 from standins.memory import MemoryStandIn
@@ -95,9 +94,7 @@ def configure(stack: Stack):
     """Build and install a runtime from the stand-ins' URLs plus overrides; returns it."""
 
     def _configure(**env: str) -> runtime.Runtime:
-        rt = runtime.Runtime.from_settings(
-            settings.load(stack.env(**env), ROOT / "config.yaml"), idempotency=InProcessStore()
-        )
+        rt = runtime.Runtime.from_settings(settings.load(stack.env(**env), ROOT / "config.yaml"))
         runtime.install(rt)
         return rt
 

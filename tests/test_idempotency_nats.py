@@ -1,0 +1,165 @@
+"""The NATS JetStream KV idempotency store against a real nats-server, and shared by two functions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+import httpx
+import pytest
+
+from runner.embedded import NatsServer
+from shared.http import DependencyError
+from shared.idempotency import ClaimState
+from shared.idempotency_nats import NatsKvStore
+from tests.conftest import ROOT, free_port, invocation
+from tests.runner_support import bridge, eventually
+
+
+@pytest.fixture
+async def nats_server(tmp_path):
+    server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def stores(nats_server):
+    made = [NatsKvStore([nats_server.url], "idem_test", 3600), NatsKvStore([nats_server.url], "idem_test", 3600)]
+    yield made
+    for store in made:
+        await store.close()
+
+
+async def test_claim_complete_duplicate_across_stores(stores):
+    first, second = stores
+    claim = await first.claim("agent:sofia/m1", 60)
+    assert claim.state is ClaimState.NEW
+    assert (await second.claim("agent:sofia/m1", 60)).state is ClaimState.IN_PROGRESS
+    await first.complete("agent:sofia/m1", claim.token, {"message_id": "r1"}, 3600)
+    done = await second.claim("agent:sofia/m1", 60)
+    assert done.state is ClaimState.COMPLETE and done.result == {"message_id": "r1"}
+    assert first.nats_connected
+
+
+async def test_release_gives_the_message_back_to_its_owner_only(stores):
+    first, second = stores
+    claim = await first.claim("agent:sofia/m2", 60)
+    await second.release("agent:sofia/m2", "not-the-owner")
+    assert (await second.claim("agent:sofia/m2", 60)).state is ClaimState.IN_PROGRESS
+    await first.release("agent:sofia/m2", claim.token)
+    assert (await second.claim("agent:sofia/m2", 60)).state is ClaimState.NEW
+
+
+async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(stores):
+    first, second = stores
+    crashed = await first.claim("agent:sofia/m3", 0.05)
+    await asyncio.sleep(0.1)  # let the in-progress record expire (the wait is the behaviour under test)
+    taken = await second.claim("agent:sofia/m3", 60)
+    assert taken.state is ClaimState.NEW
+    await first.complete("agent:sofia/m3", crashed.token, {"message_id": "stale"}, 3600)  # ignored
+    assert (await first.claim("agent:sofia/m3", 60)).state is ClaimState.IN_PROGRESS
+
+
+async def test_nats_down_is_a_retryable_dependency_error(nats_server):
+    store = NatsKvStore([f"nats://127.0.0.1:{free_port()}"], "idem_test", 3600)
+    with pytest.raises(DependencyError) as failure:
+        await store.claim("agent:sofia/m4", 60)
+    assert failure.value.retryable and failure.value.kind == "unavailable"
+
+
+async def test_a_run_with_the_store_down_fails_retryable_and_posts_nothing(stack, configure, client):
+    configure(AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats", NATS_URL=f"nats://127.0.0.1:{free_port()}")
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+
+    response = await client.post("/invoke", json=invocation(channel))
+
+    assert response.status_code == 503
+    assert response.json()["step"] == "idempotency" and response.json()["retryable"] is True
+    assert stack.messaging.posts == [] and stack.llm.requests == []
+
+
+def _function(stack, nats_url: str, port: int):
+    env = {
+        **os.environ,
+        **stack.env(
+            AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats",
+            NATS_URL=nats_url,
+            AGENT_RUNTIME__IDEMPOTENCY__NATS_BUCKET="shared_idem",
+        ),
+    }
+    return asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        "agent_runtime",
+        "--asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def test_two_runners_sharing_the_kv_store_never_double_post(stack, nats_server):
+    """Two runners, each with its own function process, get every invocation twice (redelivery)."""
+    ports = [free_port(), free_port()]
+    processes = [await _function(stack, nats_server.url, port) for port in ports]
+    bridges = [
+        bridge(nats_server.url, f"http://127.0.0.1:{port}/invoke", mode="jetstream", durable=f"runner-{i}")
+        for i, port in enumerate(ports)
+    ]  # two consumers: both see all
+    try:
+        async with httpx.AsyncClient() as client:
+            for port in ports:
+
+                async def up(port=port) -> bool:
+                    try:
+                        return (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                deadline = time.monotonic() + 30
+                while not await up():
+                    assert time.monotonic() < deadline, "function did not start"
+                    await asyncio.sleep(0.1)
+        for b in bridges:
+            await b.start()
+        channels = [stack.channel() for _ in range(5)]
+        messages = [stack.messaging.add_message(c, f"q{i}") for i, c in enumerate(channels * 2)]
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        for m in messages:
+            await nc.publish(
+                "router.invoke.agent", json.dumps(invocation(m["channel_id"], message_id=m["id"])).encode()
+            )
+        await nc.flush()
+        # each message reaches both runners; one answers, the other finds it answered (or in progress, then answered)
+        await eventually(lambda: len(stack.messaging.posts) >= 10, timeout_s=30, what="the replies")
+        js = nc.jetstream()
+        deadline = time.monotonic() + 30
+        while True:
+            infos = [await js.consumer_info("AGENT_INVOCATIONS", f"runner-{i}") for i in range(2)]
+            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos):
+                break  # both runners have had, and acknowledged, every invocation
+            assert time.monotonic() < deadline, "the runners did not finish"
+            await asyncio.sleep(0.05)
+        await nc.close()
+        for b in bridges:
+            assert await b.stop()
+    finally:
+        for p in processes:
+            p.kill()  # their graceful stop is not under test here, and gunicorn's waits up to 30 s
+            await p.wait()
+    texts = sorted(p["text"] for p in stack.messaging.posts)
+    assert texts == sorted(f"LLM reply to: q{i}" for i in range(10))  # one reply per message, never two
