@@ -99,8 +99,11 @@ class Bridge:
                 await self._subscription.unsubscribe()
         finished = await self.dispatcher.drain(self.config.drain_timeout_s)
         if self.nc is not None and not self.nc.is_closed:
+            # Everything taken is settled by now; send the last acks and close. (nats-py's drain()
+            # of a pull subscription can wait its whole drain timeout for nothing.)
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await flushed(self.nc)
+            await self.nc.close()
         log.info("bridge stopped", extra={"fields": {"finished_in_flight": finished}})
         return finished
 

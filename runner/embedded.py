@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from standins.memory import MemoryStandIn
-from standins.messaging import MessagingStandIn
+from standins.messaging import DEMO_CHANNEL, MessagingStandIn
 from standins.server import Served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +102,8 @@ class StandIns:
 
     def __init__(self, *, messaging: bool, memory: bool) -> None:
         self.messaging = MessagingStandIn() if messaging else None
+        if self.messaging is not None:  # something to answer straight away (the README's curl)
+            self.messaging.add_message(DEMO_CHANNEL, "Привіт! Що нового в нашій DAO?")
         self.memory = MemoryStandIn() if memory else None
         self._served: list[Served] = []
         self.urls: dict[str, str] = {}
