@@ -103,6 +103,16 @@ def configure(stack: Stack):
     runtime.install(None)
 
 
+@pytest.fixture
+async def nats_server(tmp_path):
+    """A real nats-server with JetStream, on a free port, storing under the test's tmp_path."""
+    from runner.embedded import NatsServer
+
+    server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 async def _close_http_session():
     yield

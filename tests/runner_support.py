@@ -1,8 +1,10 @@
-"""Support for the bridge tests: a real nats-server per test, a scripted function, bounded waits."""
+"""Support for the bridge tests: bounded waits, a scripted function, and real function processes."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from runner.bridge import Bridge, BridgeConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
@@ -65,3 +69,57 @@ def bridge(nats_url: str, function_url: str, **options: Any) -> Bridge:
             **options,
         )
     )
+
+
+class FunctionProcess:
+    """``functions-framework --target agent_runtime --asgi``, the operator's command, as a subprocess."""
+
+    def __init__(self, port: int, env: dict[str, str], *, capture_stderr: bool = False) -> None:
+        self.port, self.env, self.capture_stderr = port, env, capture_stderr
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout_s: float = 30.0) -> FunctionProcess:
+        import httpx
+
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            "agent_runtime",
+            "--asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE if self.capture_stderr else asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                assert self.process.returncode is None, "the function process exited"
+                assert loop.time() < deadline, "the function process did not start"
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> bytes:
+        """SIGTERM, then what it wrote on stderr (when captured)."""
+        assert self.process is not None
+        self.process.terminate()
+        _, stderr = await self.process.communicate()
+        return stderr or b""
+
+    async def kill(self) -> None:
+        """kill -9 (gunicorn's graceful stop waits up to 30 s for open connections)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()

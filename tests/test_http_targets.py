@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, invocation
+from tests.conftest import free_port, invocation
+from tests.runner_support import FunctionProcess
 
 CHANNEL = "7c72d497-27aa-4e75-bb2f-4a4a21d4f91f"
 
@@ -133,49 +129,21 @@ async def test_single_targets(stack, configure, asgi_apps, target, method, path)
     assert response.json()["status"] in ("replied", "ok")
 
 
-def test_functions_framework_command_serves_the_seed_paths(stack):
+async def test_functions_framework_command_serves_the_seed_paths(stack):
     """The operator's command, as a subprocess: functions-framework --target agent_runtime --asgi."""
-    port = free_port()
-    env = {**os.environ, **stack.env(AGENT_RUNTIME__RUNTIME__LOG_FORMAT="json")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "agent_runtime",
-            "--asgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    function = FunctionProcess(free_port(), stack.env(AGENT_RUNTIME__RUNTIME__LOG_FORMAT="json"), capture_stderr=True)
+    await function.start()
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stderr.read().decode()
-                assert time.monotonic() < deadline, "functions-framework did not start"
-                time.sleep(0.1)
-        assert health.json()["service"] == "agent-runtime"
-        channel = stack.channel()
-        stack.messaging.add_message(channel, "hello there")
-        response = httpx.post(f"{base}/internal/agent-runtime/test-channel", json=invocation(channel), timeout=30)
+        async with httpx.AsyncClient(base_url=function.url, timeout=30) as http:
+            assert (await http.get("/health")).json()["service"] == "agent-runtime"
+            channel = stack.channel()
+            stack.messaging.add_message(channel, "hello there")
+            response = await http.post("/internal/agent-runtime/test-channel", json=invocation(channel))
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "replied"
         assert stack.messaging.replies_to(channel)[0]["text"] == "LLM reply to: hello there"
     finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=10)
+        stderr = await function.stop()
     # one JSON line for the invocation, with ids and timings, and no message text
     lines = [line for line in stderr.decode().splitlines() if '"invocation replied"' in line]
     assert len(lines) == 1 and channel in lines[0] and "hello there" not in lines[0]

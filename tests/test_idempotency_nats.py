@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 
-import httpx
 import pytest
 
-from runner.embedded import NatsServer
 from shared.http import DependencyError
 from shared.idempotency import ClaimState
 from shared.idempotency_nats import NatsKvStore
-from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import bridge, eventually
-
-
-@pytest.fixture
-async def nats_server(tmp_path):
-    server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
-    yield server
-    server.stop()
+from tests.conftest import free_port, invocation
+from tests.runner_support import FunctionProcess, bridge, eventually
 
 
 @pytest.fixture
@@ -83,55 +72,22 @@ async def test_a_run_with_the_store_down_fails_retryable_and_posts_nothing(stack
     assert stack.messaging.posts == [] and stack.llm.requests == []
 
 
-def _function(stack, nats_url: str, port: int):
-    env = {
-        **os.environ,
-        **stack.env(
-            AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats",
-            NATS_URL=nats_url,
-            AGENT_RUNTIME__IDEMPOTENCY__NATS_BUCKET="shared_idem",
-        ),
-    }
-    return asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "functions_framework",
-        "--target",
-        "agent_runtime",
-        "--asgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-
 async def test_two_runners_sharing_the_kv_store_never_double_post(stack, nats_server):
     """Two runners, each with its own function process, get every invocation twice (redelivery)."""
-    ports = [free_port(), free_port()]
-    processes = [await _function(stack, nats_server.url, port) for port in ports]
+    env = stack.env(
+        AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats",
+        NATS_URL=nats_server.url,
+        AGENT_RUNTIME__IDEMPOTENCY__NATS_BUCKET="shared_idem",
+    )
+    functions = [FunctionProcess(free_port(), env) for _ in range(2)]
+    # two durable consumers: each runner sees every invocation, as after a redelivery
     bridges = [
-        bridge(nats_server.url, f"http://127.0.0.1:{port}/invoke", mode="jetstream", durable=f"runner-{i}")
-        for i, port in enumerate(ports)
-    ]  # two consumers: both see all
+        bridge(nats_server.url, f"{f.url}/invoke", mode="jetstream", durable=f"runner-{i}")
+        for i, f in enumerate(functions)
+    ]
     try:
-        async with httpx.AsyncClient() as client:
-            for port in ports:
-
-                async def up(port=port) -> bool:
-                    try:
-                        return (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200
-                    except httpx.TransportError:
-                        return False
-
-                deadline = time.monotonic() + 30
-                while not await up():
-                    assert time.monotonic() < deadline, "function did not start"
-                    await asyncio.sleep(0.1)
+        for f in functions:
+            await f.start()
         for b in bridges:
             await b.start()
         channels = [stack.channel() for _ in range(5)]
@@ -158,8 +114,7 @@ async def test_two_runners_sharing_the_kv_store_never_double_post(stack, nats_se
         for b in bridges:
             assert await b.stop()
     finally:
-        for p in processes:
-            p.kill()  # their graceful stop is not under test here, and gunicorn's waits up to 30 s
-            await p.wait()
+        for f in functions:
+            await f.kill()
     texts = sorted(p["text"] for p in stack.messaging.posts)
     assert texts == sorted(f"LLM reply to: q{i}" for i in range(10))  # one reply per message, never two

@@ -25,13 +25,6 @@ MODES = ["core", "jetstream"]
 
 
 @pytest.fixture
-async def nats_server(tmp_path):
-    server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 async def nc(nats_server):
     client = await nats.connect(nats_server.url)
     yield client
