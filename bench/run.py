@@ -1,0 +1,574 @@
+"""The agent runtime's benchmark suite: one command, one table.
+
+    .venv/bin/python bench/run.py            # the full suite (≈ 2–3 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # fewer invocations (≈ 1 minute)
+
+Fake dependencies (bench/fakes.py) run as real HTTP servers on loopback, each in a process of
+its own. Every figure is printed beside the reference it is judged against, measured in the same
+run, with the target ratio and PASS/MISS. Nothing here is a test: tests never time anything.
+
+1. floor: an invocation's five downstream calls (history, memory query, LLM, post, store) back
+   to back on pooled aiohttp connections, concurrency 32. What no runtime can beat here.
+2. invoke: POST /invoke on ``functions-framework --target agent_runtime --asgi``, concurrency 32.
+3. bridge: invocations published on NATS through ``local_runner.py`` to replies posted, core and
+   jetstream modes (a private nats-server).
+4. slow LLM: the LLM answers after 1 s; invocations through the bridge with --max-in-flight 256.
+5. cold start: importing ``main``, and process start to the first /health 200, beside a bare
+   functions-framework hello world (bench/hello/main.py).
+6. resident memory of the function's worker process, idle and loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PY = sys.executable
+FF = [PY, "-m", "functions_framework"]
+CONCURRENCY = 32
+AGENT = "agent:sofia"
+SUBJECT = "router.invoke.agent"
+# Loaded at start by an HTTP function only if a request needs it, and never by one of ours.
+NOT_AT_START = ("aiohttp", "nats", "boto3", "botocore", "prometheus_client", "pydantic", "httpx", "yaml", "tenacity")
+NEVER_IN_A_FUNCTION = ("nats", "boto3", "botocore", "httpx", "pytest", "moto", "standins")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_mb(pid: int, key: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS) or its peak (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process the suite starts, ended (by its own pid) when the suite ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+        self.logs = Path(tempfile.mkdtemp(prefix="agent-runtime-bench-"))
+
+    def start(self, name: str, argv: list[str], *, cwd: Path = ROOT, env: dict | None = None, **kw) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        kw.setdefault("stdout", log)
+        process = subprocess.Popen(argv, cwd=cwd, env=env or dict(os.environ), stderr=log, **kw)
+        process.log_path = self.logs / f"{name}.log"  # type: ignore[attr-defined]
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+async def http_up(url: str, timeout_s: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status < 500:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{url}: the process exited; see {process.log_path}")  # type: ignore[attr-defined]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout_s}s")
+            await asyncio.sleep(0.02)
+
+
+@dataclass
+class Fakes:
+    procs: Processes
+    ports: dict[str, int] = field(default_factory=dict)
+    running: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    async def start(self, name: str, latency_s: float = 0.0) -> None:
+        if name in self.running:
+            self.procs.stop(self.running.pop(name))
+        port = self.ports.setdefault(name, free_port())
+        argv = [PY, str(ROOT / "bench" / "fakes.py"), name, str(port), "--latency", str(latency_s)]
+        self.running[name] = self.procs.start(f"fake-{name}", argv)
+        await http_up(f"{self.url(name)}/health", process=self.running[name])
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.endswith("_SECRET") and not k.startswith("AGENT_RUNTIME")}
+        env.update(
+            MESSAGING_SERVICE_URL=self.url("messaging"),
+            AGENT_MEMORY_URL=self.url("memory"),
+            LLM_PROXY_URL=self.url("llm"),
+            AGENTS_SERVICE_URL="",
+            AGENT_RUNTIME__RUNTIME__LOG_FORMAT="json",
+        )
+        return env
+
+    async def posts(self, session) -> int:
+        async with session.get(f"{self.url('messaging')}/count") as r:
+            return (await r.json())["posts"]
+
+
+async def serve_function(procs: Processes, env: dict, name: str = "function") -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [*FF, "--target", "agent_runtime", "--asgi", "--host", "127.0.0.1", "--port", str(port)]
+    process = procs.start(name, argv, env=env)
+    base = f"http://127.0.0.1:{port}"
+    await http_up(f"{base}/health", process=process)
+    return process, base
+
+
+def invocation(channel: str | None = None) -> dict:
+    return {
+        "agent_id": AGENT,
+        "entrypoint": "channel_message",
+        "payload": {"channel_id": channel or str(uuid.uuid4()), "microdao_id": "microdao:daarion"},
+    }
+
+
+async def drive(n: int, concurrency: int, one) -> tuple[float, list[float]]:
+    """Run ``one()`` n times, ``concurrency`` at a time; invocations/s and each one's seconds."""
+    latencies: list[float] = []
+    left = iter(range(n))
+
+    async def worker() -> None:
+        for _ in left:
+            started = time.perf_counter()
+            await one()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - started), latencies
+
+
+def pooled_session():
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60))
+
+
+# --- 1. floor --------------------------------------------------------------------------------
+
+
+async def floor(fakes: Fakes, n: int) -> dict:
+    """The five calls of one invocation, made by a minimal client: nothing else."""
+    messaging, memory, llm = fakes.url("messaging"), fakes.url("memory"), fakes.url("llm")
+    system = "You are Sofia, the community guide of DAARION. " * 8
+    async with pooled_session() as s:
+
+        async def one() -> None:
+            channel = str(uuid.uuid4())
+            async with s.get(f"{messaging}/api/messaging/channels/{channel}/messages", params={"limit": "50"}) as r:
+                history = await r.json()
+            asked = history[0]["content_preview"]
+            ids = {"agent_id": AGENT, "microdao_id": "microdao:daarion", "channel_id": channel}
+            async with s.post(
+                f"{memory}/internal/agent-memory/query", json={**ids, "query": asked, "limit": 5, "k": 5}
+            ) as r:
+                items = (await r.json())["items"]
+            messages = [
+                {"role": "system", "content": system},
+                {"role": "system", "content": "\n".join(i["content"] for i in items)},
+                *({"role": "user", "content": m["content_preview"]} for m in reversed(history)),
+            ]
+            body = {"model": "gpt-4", "messages": messages, "max_tokens": 1000, "temperature": 0.7, "metadata": ids}
+            async with s.post(f"{llm}/internal/llm/proxy", json=body) as r:
+                reply = (await r.json())["content"]
+            async with s.post(
+                f"{messaging}/internal/agents/{AGENT}/post-to-channel", json={"channel_id": channel, "text": reply}
+            ) as r:
+                message_id = (await r.json())["message_id"]
+            content = {"user_message": asked, "agent_reply": reply}
+            store = {**ids, "kind": "conversation", "content": content, "metadata": {"reply_message_id": message_id}}
+            async with s.post(f"{memory}/internal/agent-memory/store", json=store) as r:
+                await r.json()
+
+        await drive(min(300, n), CONCURRENCY, one)  # warm the pool
+        rate, latencies = await drive(n, CONCURRENCY, one)
+    return {"rate": rate, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+# --- 2. invoke -------------------------------------------------------------------------------
+
+
+async def invoke(base: str, n: int) -> dict:
+    failures: list[str] = []
+    async with pooled_session() as s:
+
+        async def one() -> None:
+            async with s.post(f"{base}/invoke", json=invocation()) as r:
+                outcome = await r.json()
+            if r.status != 200 or outcome.get("status") != "replied":
+                failures.append(f"{r.status} {outcome}")
+
+        await drive(min(300, n), CONCURRENCY, one)  # warm-up: handlers imported, pools filled
+        failures.clear()
+        rate, latencies = await drive(n, CONCURRENCY, one)
+    if failures:
+        raise RuntimeError(f"{len(failures)} invocations did not reply, e.g. {failures[0]}")
+    return {"rate": rate, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99)}
+
+
+# --- 3./4. the bridge -------------------------------------------------------------------------
+
+
+async def bridge(procs: Processes, fakes: Fakes, base: str, *, mode: str, n: int, max_in_flight: int) -> dict:
+    """Publish n invocations (one channel each) on a private nats-server; time until n replies are posted."""
+    import nats
+
+    from runner.embedded import NatsServer
+
+    server = await NatsServer(port=free_port()).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RUNTIME")}
+        env["AGENT_RUNTIME__RUNTIME__LOG_FORMAT"] = "json"
+        argv = [
+            PY,
+            "local_runner.py",
+            *("--function-url", f"{base}/invoke", "--nats-url", server.url, "--mode", mode),
+            *("--max-in-flight", str(max_in_flight), "--port", "0", "--drain-timeout", "5"),
+        ]
+        runner = procs.start(f"runner-{mode}-{max_in_flight}", argv, env=env, stdout=subprocess.PIPE)
+        line = await asyncio.wait_for(asyncio.to_thread(runner.stdout.readline), 30)
+        if b"health and metrics" not in line:
+            raise RuntimeError(f"local_runner.py did not start: see {runner.log_path}")  # type: ignore[attr-defined]
+        bodies = [json.dumps(invocation()).encode() for _ in range(n)]
+        nc = await nats.connect(server.url)
+        async with pooled_session() as s:
+            before = await fakes.posts(s)
+            started = time.perf_counter()
+            for body in bodies:
+                await nc.publish(SUBJECT, body)
+            await nc.flush()
+            deadline = started + max(60.0, n / 10)
+            while (posted := await fakes.posts(s) - before) < n:
+                if time.perf_counter() > deadline or runner.poll() is not None:
+                    raise RuntimeError(f"{mode}: {posted} of {n} replies posted; see {procs.logs}")
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+        peak = memory_mb(runner.pid, "VmHWM")
+        await nc.close()
+        procs.stop(runner)
+        return {"rate": n / elapsed, "elapsed": elapsed, "runner_peak_mb": peak}
+    finally:
+        server.stop()
+
+
+# --- 5. cold start ---------------------------------------------------------------------------
+
+IMPORT_PROBE = """
+import sys, time
+started = time.perf_counter()
+import main
+spent = time.perf_counter() - started
+print(spent, ",".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def import_main(cwd: Path, runs: int) -> tuple[float, set[str]]:
+    """The median time of ``import main`` in a fresh interpreter, and the top-level modules it loaded."""
+    times, modules = [], set()
+    for _ in range(runs):
+        out = subprocess.run([PY, "-c", IMPORT_PROBE], cwd=cwd, capture_output=True, text=True, check=True).stdout
+        spent, names = out.split()
+        times.append(float(spent))
+        modules = set(names.split(","))
+    return statistics.median(times), modules
+
+
+def request_imports() -> set[str]:
+    """What serving a request of the HTTP functions loads (handlers.http and everything it imports)."""
+    probe = "import sys, main, handlers.http; print(','.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    out = subprocess.run([PY, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return set(out.strip().split(","))
+
+
+async def time_to_health(procs: Processes, target: str, cwd: Path, env: dict, runs: int) -> float:
+    """Median seconds from process start to the first /health 200."""
+    import aiohttp
+
+    times = []
+    async with aiohttp.ClientSession() as s:
+        for i in range(runs):
+            port = free_port()
+            argv = [*FF, "--target", target, "--asgi", "--host", "127.0.0.1", "--port", str(port)]
+            started = time.perf_counter()
+            process = procs.start(f"cold-{target}-{i}", argv, cwd=cwd, env=env)
+            while True:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/health") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if process.poll() is not None or time.perf_counter() - started > 30:
+                    raise RuntimeError(f"{target} did not start; see {process.log_path}")  # type: ignore[attr-defined]
+                await asyncio.sleep(0.005)
+            times.append(time.perf_counter() - started)
+            procs.stop(process)
+    return statistics.median(times)
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    what: str
+    figure: str
+    reference: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+def judged(what: str, figure: str, reference: str, ratio: float, target: str, ok: bool) -> Row:
+    return Row(what, figure, reference, f"{ratio:.2f}", target, "PASS" if ok else "MISS")
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    head = Row("measurement", "figure", "reference (same run)", "ratio", "target", "")
+    widths = [max(len(getattr(r, f)) for r in [head, *rows]) for f in Row.__dataclass_fields__]
+    print(f"\n{title}\n")
+    for i, r in enumerate([head, *rows]):
+        print(
+            "| "
+            + " | ".join(getattr(r, f).ljust(w) for f, w in zip(Row.__dataclass_fields__, widths, strict=True))
+            + " |"
+        )
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+async def suite(args: argparse.Namespace) -> int:
+    procs = Processes()
+    fakes = Fakes(procs)
+    rows: list[Row] = []
+    n, n_bridge, n_slow = (1000, 1000, 1000) if args.quick else (args.invocations, args.invocations, 2000)
+    ok = True
+    try:
+        for name in ("messaging", "memory", "llm"):
+            await fakes.start(name)
+
+        say(f"1. floor: {n} invocations' downstream calls, concurrency {CONCURRENCY} …")
+        fl = await floor(fakes, n)
+        per_invocation_ms = fl["p50"] * 1000
+        rows.append(
+            Row(
+                f"1. floor: 5 downstream calls, c={CONCURRENCY}",
+                f"{fl['rate']:.0f} inv/s, p50 {fl['p50'] * 1000:.1f} ms",
+            )
+        )
+
+        say("2. invoke through functions-framework --asgi …")
+        function, base = await serve_function(procs, fakes.env())
+        worker = (children(function.pid) or [function.pid])[0]
+        idle_mb = memory_mb(worker)
+        inv = await invoke(base, n)
+        loaded_mb = memory_mb(worker)
+        ratio = inv["rate"] / fl["rate"]
+        rows.append(
+            judged(
+                f"2. POST /invoke (agent_runtime --asgi), c={CONCURRENCY}",
+                f"{inv['rate']:.0f} inv/s",
+                f"floor {fl['rate']:.0f} inv/s",
+                ratio,
+                "≥ 0.50",
+                ratio >= 0.5,
+            )
+        )
+        rows.append(Row("   latency p50 / p99", f"{inv['p50'] * 1000:.1f} / {inv['p99'] * 1000:.1f} ms"))
+        rows.append(
+            Row(
+                "   runtime overhead per invocation (p50)",
+                f"{inv['p50'] * 1000 - per_invocation_ms:.1f} ms",
+                f"floor p50 {per_invocation_ms:.1f} ms",
+            )
+        )
+        rows.append(
+            Row(
+                "   runtime CPU per invocation (1/rate)",
+                f"{1000 / inv['rate']:.2f} ms",
+                f"floor {1000 / fl['rate']:.2f} ms",
+            )
+        )
+        ok &= ratio >= 0.5
+
+        for mode in ("core", "jetstream"):
+            say(f"3. bridge, {mode} mode: {n_bridge} invocations …")
+            br = await bridge(procs, fakes, base, mode=mode, n=n_bridge, max_in_flight=64)
+            ratio = br["rate"] / fl["rate"]
+            if mode == "core":
+                rows.append(
+                    judged(
+                        "3. bridge (local_runner.py), core",
+                        f"{br['rate']:.0f} inv/s",
+                        f"floor {fl['rate']:.0f} inv/s",
+                        ratio,
+                        "≥ 0.40",
+                        ratio >= 0.4,
+                    )
+                )
+                ok &= ratio >= 0.4
+            else:
+                rows.append(
+                    Row(
+                        "3. bridge (local_runner.py), jetstream",
+                        f"{br['rate']:.0f} inv/s",
+                        f"floor {fl['rate']:.0f} inv/s",
+                        f"{ratio:.2f}",
+                    )
+                )
+
+        say(f"4. slow LLM (1 s): {n_slow} invocations, --max-in-flight 256 …")
+        await fakes.start("llm", latency_s=1.0)
+        slow = await bridge(procs, fakes, base, mode="core", n=n_slow, max_in_flight=256)
+        ideal = n_slow / 256 * 1.0
+        ratio = slow["elapsed"] / ideal
+        rows.append(
+            judged(
+                f"4. slow LLM: {n_slow} inv., max-in-flight 256",
+                f"{slow['elapsed']:.2f} s",
+                f"ideal {ideal:.2f} s",
+                ratio,
+                "≤ 1.25",
+                ratio <= 1.25,
+            )
+        )
+        rows.append(
+            judged(
+                "   runner peak memory (VmHWM)",
+                f"{slow['runner_peak_mb']:.0f} MB",
+                "300 MB",
+                slow["runner_peak_mb"] / 300,
+                "< 1.00",
+                slow["runner_peak_mb"] < 300,
+            )
+        )
+        ok &= ratio <= 1.25 and slow["runner_peak_mb"] < 300
+        function_peak_mb = memory_mb(worker, "VmHWM")
+        procs.stop(function)
+
+        say("5. cold start …")
+        hello = ROOT / "bench" / "hello"
+        runs = 3 if args.quick else 7
+        main_s, main_modules = import_main(ROOT, runs)
+        hello_s, hello_modules = import_main(hello, runs)
+        ratio = main_s / hello_s
+        rows.append(
+            judged(
+                "5. import main",
+                f"{main_s * 1000:.0f} ms",
+                f"hello world {hello_s * 1000:.0f} ms",
+                ratio,
+                "≤ 1.15",
+                ratio <= 1.15,
+            )
+        )
+        ok &= ratio <= 1.15
+        early = sorted(set(NOT_AT_START) & main_modules)
+        rows.append(
+            Row(
+                "   loaded at start beyond hello world",
+                ", ".join(sorted(main_modules - hello_modules - {"main"})) or "nothing",
+                verdict="PASS" if not early else "MISS",
+            )
+        )
+        ok &= not early
+        stray = sorted(set(NEVER_IN_A_FUNCTION) & request_imports())
+        rows.append(
+            Row(
+                "   cloud SDKs / NATS / test packages a request loads",
+                ", ".join(stray) or "none",
+                verdict="PASS" if not stray else "MISS",
+            )
+        )
+        ok &= not stray
+        health_runs = 2 if args.quick else 3
+        main_up = await time_to_health(procs, "agent_runtime", ROOT, fakes.env(), health_runs)
+        hello_up = await time_to_health(procs, "hello", hello, fakes.env(), health_runs)
+        rows.append(
+            Row(
+                "   process start → first /health 200",
+                f"{main_up * 1000:.0f} ms",
+                f"hello world {hello_up * 1000:.0f} ms",
+                f"{main_up / hello_up:.2f}",
+            )
+        )
+
+        rows.append(Row("6. function worker RSS, idle (after /health)", f"{idle_mb:.0f} MB"))
+        rows.append(Row(f"   after {n} invocations", f"{loaded_mb:.0f} MB"))
+        rows.append(Row("   peak, 256 in flight on a slow LLM", f"{function_peak_mb:.0f} MB"))
+    finally:
+        procs.stop_all()
+    print_table(rows, f"agent runtime benchmarks ({os.cpu_count()} cores, Python {sys.version.split()[0]})")
+    print(f"\n{'all targets met' if ok else 'some targets missed'}; process logs in {procs.logs}")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer invocations and runs")
+    ap.add_argument("--invocations", type=int, default=3000, help="for the floor, invoke and bridge runs")
+    args = ap.parse_args()
+    import uvloop
+
+    uvloop.install()
+    return asyncio.run(suite(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
