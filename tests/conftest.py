@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -111,6 +112,19 @@ async def nats_server(tmp_path):
     server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def logs(caplog):
+    """caplog, also fed by the agent_runtime loggers when they do not propagate (once configured)."""
+    logger = logging.getLogger("agent_runtime")
+    caplog.set_level(logging.INFO, logger="agent_runtime")
+    detached = not logger.propagate
+    if detached:
+        logger.addHandler(caplog.handler)
+    yield caplog
+    if detached:
+        logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(autouse=True)

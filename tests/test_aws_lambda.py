@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import subprocess
 import sys
 import uuid
@@ -96,19 +95,6 @@ def aws(monkeypatch, configure):
         on_aws()
         yield on_aws
     aws_lambda.run(shared_http.aclose())  # the container loop's pooled session
-
-
-@pytest.fixture
-def logs(caplog):
-    """caplog, also fed by the agent_runtime loggers when they do not propagate (once configured)."""
-    logger = logging.getLogger("agent_runtime")
-    caplog.set_level(logging.INFO, logger="agent_runtime")
-    detached = not logger.propagate
-    if detached:
-        logger.addHandler(caplog.handler)
-    yield caplog
-    if detached:
-        logger.removeHandler(caplog.handler)
 
 
 def test_the_template_serves_the_seeds_paths_on_named_handlers():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import uuid
 from typing import Any
 
@@ -49,18 +48,6 @@ def pubsub(data: bytes | str) -> dict[str, Any]:
         "message": {"data": encoded, "messageId": "1234", "attributes": {}},
         "subscription": "projects/daarion/subscriptions/agent-invocations",
     }
-
-
-@pytest.fixture
-def logs(caplog):
-    logger = logging.getLogger("agent_runtime")
-    caplog.set_level(logging.INFO, logger="agent_runtime")
-    detached = not logger.propagate
-    if detached:
-        logger.addHandler(caplog.handler)
-    yield caplog
-    if detached:
-        logger.removeHandler(caplog.handler)
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "pubsub"])
