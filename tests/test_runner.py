@@ -322,3 +322,19 @@ async def test_sigterm_finishes_invocations_in_flight(nats_server, nc, function)
             process.kill()
             await process.wait()
     assert sorted(function.completed) == sorted(bodies)
+
+
+async def test_a_slow_call_is_kept_alive_not_redelivered(nats_server, nc, function):
+    """A call longer than the ack wait: in_progress() keeps JetStream from handing it out again."""
+    function.delay_s = 2.5
+    body = body_for()
+    b = bridge(nats_server.url, function.url, mode="jetstream", ack_wait_s=1.0)
+    await b.start()
+    try:
+        await publish(nc, body, "jetstream")
+        await eventually(lambda: len(function.completed) == 1, what="the slow call")
+        info = await nc.jetstream().consumer_info("AGENT_INVOCATIONS", "agent-runtime")
+    finally:
+        await b.stop()
+    assert function.calls_for(body) == 1  # never redelivered while it ran
+    assert info.num_redelivered == 0
