@@ -18,13 +18,20 @@ from pydantic import (
     model_validator,
 )
 
-AGENT_ID_PATTERN = r"^agent:[A-Za-z0-9._-]{1,128}$"
+# the name starts with a letter or digit: "agent:.." or "agent:-x" is never an id (nor a path segment)
+AGENT_ID_PATTERN = r"^agent:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Entrypoint = Literal["channel_message", "direct", "cron"]
 
 
 def _aware(value: datetime) -> datetime:
-    # naive timestamps are UTC (the messaging service's, a scheduler's); comparable with aware ones
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    # naive timestamps are UTC (the messaging service's, a scheduler's); all normalised to UTC, so
+    # they compare, and one that UTC cannot hold (year 1 at +01:00) is a validation error, not a crash
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("datetime out of range in UTC") from None
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_aware)]

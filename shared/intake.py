@@ -24,12 +24,16 @@ class BadInput(Exception):
 
 def parse_invocation(raw: bytes | str | dict[str, Any], max_bytes: int) -> Invocation:
     if isinstance(raw, (bytes, str)):
-        if len(raw) > max_bytes:
+        # a str counts in UTF-8 bytes: 256 Ki characters of emoji are a megabyte
+        size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
             raise BadInput(413, f"body larger than {max_bytes} bytes")
         try:
             raw = json.loads(raw)
         except ValueError as exc:
             raise BadInput(400, f"body is not JSON: {exc}") from None
+        except RecursionError:  # "[[[[…" a few thousand deep: bad input, not a defect
+            raise BadInput(400, "body is not JSON: nested too deeply") from None
     try:
         return Invocation.model_validate(raw)
     except ValidationError as exc:

@@ -30,12 +30,15 @@ class MessagingClient:
         )
         if not isinstance(data, list):
             raise DependencyError("messaging", "bad_response", "history is not a JSON array", retryable=True)
-        messages = []
+        messages, dropped, why = [], 0, ""
         for element in data:
             try:
                 messages.append(ChannelMessage.model_validate(element))
             except ValidationError as exc:
-                log.warning("history element dropped: %s", exc.errors(include_input=False)[0]["msg"])
+                dropped += 1
+                why = why or exc.errors(include_input=False, include_url=False)[0]["msg"]
+        if dropped:  # one line per read, not one per element: a broken service must not flood the logs
+            log.warning("history elements dropped", extra={"fields": {"dropped": dropped, "first_error": why}})
         messages.sort(key=lambda m: m.created_at)
         return messages
 

@@ -85,19 +85,32 @@ def reply(text: str, agent_name: str = "your agent") -> str:
     return _REPLIES[language(text)][category(text)].format(name=agent_name)
 
 
+def _tool_answer(content: Any) -> dict[str, Any]:
+    """A tool turn's JSON answer; anything else (cut short, not an object) reads as a failed tool."""
+    try:
+        answer = json.loads(content) if isinstance(content, str) else content
+    except ValueError:
+        answer = None
+    return answer if isinstance(answer, dict) else {"ok": False, "error": "unreadable tool result"}
+
+
 def complete(messages: list[dict[str, Any]], tools: list[str], agent_name: str) -> Completion:
     """The mock's next turn in a conversation: a tool call when asked for a task, the result of a
     tool once it ran (a summary is its digest), else the keyword reply."""
-    asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    last = messages[-1]
-    if last["role"] == "tool":
-        answer = json.loads(last["content"])
+    asked = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    if not isinstance(asked, str):
+        asked = ""
+    last = messages[-1] if messages else {}
+    if last.get("role") == "tool":
+        answer = _tool_answer(last.get("content"))
         if not answer.get("ok"):
-            text = _REPLIES[language(asked)]["tool_failed"].format(tool=last["name"], error=answer.get("error"))
+            text = _REPLIES[language(asked)]["tool_failed"].format(
+                tool=last.get("name", "tool"), error=answer.get("error")
+            )
         elif isinstance(answer.get("result"), str):
             text = answer["result"]
         else:
-            text = _REPLIES[language(asked)]["tool_ok"].format(tool=last["name"])
+            text = _REPLIES[language(asked)]["tool_ok"].format(tool=last.get("name", "tool"))
         return Completion(text)
     if "create_task" in tools and (match := _TASK.search(asked)):
         title = (match.group("en") or match.group("uk")).strip()[:200]

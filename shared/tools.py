@@ -67,7 +67,7 @@ class Toolbox:
         for call in calls:
             result, answer = await self._call(call, deadline)
             self.calls.append({"tool": call.name, "result": result})
-            content = json.dumps(answer, ensure_ascii=False, default=str)[: self.max_result_chars]
+            content = _fitted(answer, self.max_result_chars)
             turns.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content})
         return turns
 
@@ -143,3 +143,19 @@ class Toolbox:
             Completion("", [call]).as_message(),
             {"role": "tool", "tool_call_id": call.id, "name": BUILT_IN, "content": result},
         ]
+
+
+def _fitted(answer: dict[str, Any], max_chars: int) -> str:
+    """The answer as JSON of at most ``max_chars``, still JSON: a long result is cut as text and marked."""
+    content = json.dumps(answer, ensure_ascii=False, default=str)
+    if len(content) <= max_chars:
+        return content
+    cut = {**answer, "result": None, "error": answer.get("error") and str(answer["error"])[:200], "truncated": True}
+    room = max(0, max_chars - len(json.dumps(cut, ensure_ascii=False)) - 8)
+    text = json.dumps(answer.get("result"), ensure_ascii=False, default=str)
+    while True:
+        cut["result"] = text[:room]
+        content = json.dumps(cut, ensure_ascii=False)
+        if len(content) <= max_chars or room == 0:
+            return content
+        room = max(0, room - (len(content) - max_chars))  # escaping made it longer: cut more

@@ -65,6 +65,7 @@ class MessagingStandIn:
         self.posts: list[dict[str, Any]] = []  # every agent post, in order
         self.members: dict[str, set[str]] | None = None  # channel -> agents allowed; None: everyone
         self.oldest_first = False  # the deployed service answers newest first; the runtime must not care
+        self.ignore_limit = False  # answer the whole channel whatever ?limit= says (a misbehaving service)
         self.on_message: Callable[[dict[str, Any]], None] | None = None  # called for every new message
         self._clock = datetime.now(UTC)
 
@@ -113,7 +114,7 @@ class MessagingStandIn:
         except ValueError:
             return _unprocessable(["query", "limit"], "Input should be a valid integer")
         with self._lock:
-            page = list(reversed(self.channels.get(channel_id, [])))[:limit]
+            page = list(reversed(self.channels.get(channel_id, [])))[: None if self.ignore_limit else limit]
         return JSONResponse(page[::-1] if self.oldest_first else page)
 
     async def send(self, request: Request) -> JSONResponse:

@@ -30,6 +30,7 @@ class FaultTable:
     def __init__(self) -> None:
         self._faults: dict[str, Fault] = {}
         self.calls: dict[str, int] = {}
+        self.seen: list[tuple[str, str, str]] = []  # (route, raw path and query, Host header) of every call
 
     def set(self, route: str, fault: Fault | None) -> None:
         if fault is None:
@@ -40,10 +41,14 @@ class FaultTable:
     def clear(self) -> None:
         self._faults.clear()
         self.calls.clear()
+        self.seen.clear()
 
     async def apply(self, route: str, request: Request) -> Response | None:
         """Count the call; answer for the route when a fault is set for it."""
         self.calls[route] = self.calls.get(route, 0) + 1
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        self.seen.append((route, raw + (f"?{query}" if query else ""), request.headers.get("host", "")))
         await request.body()  # read (and cache) it now: after a delay the caller may be gone
         fault = self._faults.get(route)
         if fault is None:
