@@ -52,15 +52,6 @@ async def test_an_agent_known_nowhere_is_the_built_in_one(stack, client):
     assert stack.llm.requests[0]["messages"][0]["content"].startswith("You are Quiet Owl")
 
 
-async def test_service_down_falls_back_to_the_file_and_says_so(stack, client):
-    stack.agents.faults.set("agent", Fault(status=503))
-
-    outcome = await _ask(stack, client, "agent:helion")
-
-    assert outcome["status"] == "replied" and outcome["blueprint_source"] == "file"
-    assert "blueprint_degraded: unavailable" in outcome["notes"]
-
-
 async def test_the_answer_is_cached_for_the_ttl(stack, client):
     stack.agents.add_agent("agent:nova", system_prompt="You are Nova.")
 

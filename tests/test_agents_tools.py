@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from standins.server import Fault
-from tests.conftest import free_port, invocation
+from tests.conftest import invocation
 
 CREATE = 'TOOL: create_task {"title": "Write the budget"}'
 
@@ -51,25 +51,6 @@ async def test_a_denied_tool_does_not_run(stack, client):
     assert stack.toolcore.calls == []
     assert _tool_result(stack.llm.requests[1]) == {"ok": False, "error": "not permitted by policy"}
     assert stack.messaging.replies_to(channel)[0]["text"] == "I may not create tasks here."
-
-
-async def test_an_unreachable_pdp_denies(stack, configure, client):
-    configure(PDP_SERVICE_URL=f"http://127.0.0.1:{free_port()}")
-    stack.llm.script = [CREATE, "Sorry."]
-
-    _, outcome = await _ask(stack, client)
-
-    assert outcome["status"] == "replied" and outcome["tool_calls"] == [{"tool": "create_task", "result": "denied"}]
-    assert stack.toolcore.calls == []
-
-
-async def test_a_pdp_error_denies(stack, client):
-    stack.pdp.faults.set("evaluate", Fault(status=500))
-    stack.llm.script = [CREATE, "Sorry."]
-
-    _, outcome = await _ask(stack, client)
-
-    assert outcome["tool_calls"] == [{"tool": "create_task", "result": "denied"}] and stack.toolcore.calls == []
 
 
 async def test_a_failing_toolcore_never_fails_the_invocation(stack, client):

@@ -85,34 +85,6 @@ async def test_prompt_roles_window_memory_and_rewrite(stack, configure, client):
     ]
 
 
-@pytest.mark.parametrize("fault", [Fault(status=500), Fault(delay_s=5), Fault(malformed=True)])
-async def test_memory_failure_degrades_the_run(stack, configure, client, fault):
-    configure(AGENT_RUNTIME__MEMORY__TIMEOUT_S="0.3")
-    stack.memory.faults.set("query", fault)
-    channel = stack.channel()
-    stack.messaging.add_message(channel, "hello")
-
-    outcome = (await client.post("/invoke", json=invocation(channel))).json()
-
-    assert outcome["status"] == "replied"
-    assert any(note.startswith("memory_degraded") for note in outcome["notes"])
-    assert len(stack.messaging.replies_to(channel)) == 1
-
-
-async def test_memory_down_degrades_the_run(stack, configure, client):
-    from tests.conftest import free_port
-
-    configure(AGENT_MEMORY_URL=f"http://127.0.0.1:{free_port()}")
-    channel = stack.channel()
-    stack.messaging.add_message(channel, "hello")
-
-    outcome = (await client.post("/invoke", json=invocation(channel))).json()
-
-    assert outcome["status"] == "replied"
-    assert "memory_degraded: unavailable" in outcome["notes"]
-    assert "store_degraded: unavailable" in outcome["notes"]
-
-
 async def test_llm_down_falls_back_to_the_mock(stack, configure, client):
     from tests.conftest import free_port
 
@@ -270,23 +242,6 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     assert response.status_code == 409
     assert response.headers["retry-after"] == "1"
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
-
-
-async def test_post_without_an_answer_is_never_sent_twice(stack, configure, client):
-    configure(AGENT_RUNTIME__MESSAGING__TIMEOUT_S="0.3")
-    stack.messaging.faults.set("post", Fault(delay_s=1, status=200, body={"status": "posted", "message_id": "x"}))
-    channel = stack.channel()
-    message = stack.messaging.add_message(channel, "hello")
-    body = invocation(channel, message_id=message["id"])
-
-    response = await client.post("/invoke", json=body)
-
-    assert response.status_code == 424
-    assert response.json()["step"] == "post" and response.json()["retryable"] is False
-    assert stack.messaging.faults.calls["post"] == 1
-    again = (await client.post("/invoke", json=body)).json()
-    assert again["status"] == "skipped" and again["reason"] == "duplicate"
-    assert stack.messaging.faults.calls["post"] == 1
 
 
 async def test_post_refused_to_connect_is_retried(stack, configure, client):
