@@ -172,7 +172,11 @@ class AnthropicProvider(Provider):
         blocks = data.get("content")
         if not isinstance(blocks, list):
             return None
-        text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        text = "".join(
+            b["text"]
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        )
         calls = [
             ToolCall(str(b.get("id")), str(b.get("name")), b.get("input") if isinstance(b.get("input"), dict) else None)
             for b in blocks
@@ -239,14 +243,19 @@ def _openai_completion(data: dict[str, Any]) -> Completion | None:
     if not isinstance(message, dict):
         return None
     calls = []
-    for call in message.get("tool_calls") or []:
+    tool_calls = message.get("tool_calls")
+    for call in tool_calls if isinstance(tool_calls, list) else []:
+        # a provider's answer is untrusted: anything but {"id", "function": {"name", "arguments"}} is skipped
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        raw = function.get("arguments")
         try:
-            arguments = json.loads(call["function"]["arguments"] or "{}")
-        except (ValueError, KeyError, TypeError):
+            arguments = json.loads(raw or "{}") if isinstance(raw, (str, type(None))) else raw
+        except ValueError:
             arguments = None
-        function = call.get("function") or {}
         calls.append(
-            ToolCall(str(call.get("id")), str(function.get("name")), arguments if isinstance(arguments, dict) else None)
+            ToolCall(str(call.get("id")), function["name"], arguments if isinstance(arguments, dict) else None)
         )
     content = message.get("content")
     return Completion(content if isinstance(content, str) else "", calls)
