@@ -501,6 +501,21 @@ async def suite(args: argparse.Namespace) -> int:
         ok &= ratio <= 1.25 and slow["runner_peak_mb"] < 300
         function_peak_mb = memory_mb(worker, "VmHWM")
         procs.stop(function)
+        if args.workers2:
+            # Informational: both cores serving. In-process idempotency records are then per worker,
+            # so a deployment like this shares them (AGENT_RUNTIME__IDEMPOTENCY__BACKEND=nats).
+            say(f"4b. slow LLM with WORKERS=2: {n_slow} invocations …")
+            function2, base2 = await serve_function(procs, {**fakes.env(), "WORKERS": "2"}, "function-workers2")
+            slow2 = await bridge(procs, fakes, base2, mode="core", n=n_slow, max_in_flight=256)
+            rows.append(
+                Row(
+                    "   the same, WORKERS=2 (informational)",
+                    f"{slow2['elapsed']:.2f} s",
+                    f"ideal {ideal:.2f} s",
+                    f"{slow2['elapsed'] / ideal:.2f}",
+                )
+            )
+            procs.stop(function2)
 
         say("5. cold start …")
         hello = ROOT / "bench" / "hello"
@@ -563,6 +578,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer invocations and runs")
     ap.add_argument("--invocations", type=int, default=3000, help="for the floor, invoke and bridge runs")
+    ap.add_argument("--no-workers2", dest="workers2", action="store_false", help="skip the WORKERS=2 slow-LLM run")
     args = ap.parse_args()
     import uvloop
 

@@ -8,13 +8,13 @@ Its import is deferred to the first call, so a function's cold start does not pa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from shared import backoff
 from shared.contracts import FailureKind
@@ -34,8 +34,11 @@ def session() -> aiohttp.ClientSession:
     if current is None or current.closed:
         import aiohttp
 
+        # No connection limit: what bounds concurrency is the caller (the bridge's --max-in-flight,
+        # the platform's requests per instance), not a second, hidden cap here. One per host (128
+        # before) held 256 invocations in flight on a slow LLM to 128 at a time.
         current = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             auto_decompress=True,
         )
         _sessions[loop] = current
@@ -105,6 +108,18 @@ class Endpoint:
     attempts: int
     headers: Mapping[str, str] = field(default_factory=dict)  # a provider's own auth (Bearer, x-api-key …)
 
+    @cached_property
+    def _base(self) -> str:
+        return self.base_url.rstrip("/")
+
+    @cached_property
+    def _headers(self) -> dict[str, str]:
+        """Every call's headers, built once: the secret, the provider's auth."""
+        headers = {"Accept": "application/json", **self.headers}
+        if self.secret:
+            headers["X-Internal-Secret"] = self.secret
+        return headers
+
     async def call(
         self,
         method: str,
@@ -120,24 +135,15 @@ class Endpoint:
         ``retry`` is for calls that are safe to repeat; a call that is not (posting a reply) is
         repeated only when the request provably never left this process.
         """
-
-        def worth_retrying(exc: BaseException) -> bool:
-            if not isinstance(exc, DependencyError):
-                return False
-            return exc.retryable and (retry or not exc.sent)
-
-        def stop(state: RetryCallState) -> bool:
-            return state.attempt_number >= self.attempts or deadline.remaining() < _wait(state)
-
-        def _wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            return backoff.delay(state.attempt_number, getattr(exc, "retry_after", None))
-
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(worth_retrying), stop=stop, wait=_wait, reraise=True
-        ):
-            with attempt:
+        for attempt in itertools.count(1):
+            try:
                 return await self._once(method, path, deadline, json_body, params)
+            except DependencyError as exc:
+                repeatable = exc.retryable and (retry or not exc.sent)
+                wait = backoff.delay(attempt, exc.retry_after)
+                if not repeatable or attempt >= self.attempts or deadline.remaining() < wait:
+                    raise
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
@@ -148,16 +154,13 @@ class Endpoint:
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
             raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
-        headers = {"Accept": "application/json", **self.headers}
-        if self.secret:
-            headers["X-Internal-Secret"] = self.secret
         try:
             async with session().request(
                 method,
-                self.base_url.rstrip("/") + path,
+                self._base + path,
                 json=json_body,
                 params=params,
-                headers=headers,
+                headers=self._headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
@@ -201,8 +204,11 @@ class Endpoint:
 
 
 async def _read_capped(name: str, response: aiohttp.ClientResponse) -> bytes:
-    if (response.content_length or 0) > MAX_RESPONSE_BYTES:
-        raise DependencyError(name, "bad_response", "answer too large", retryable=False)
+    declared = response.content_length
+    if declared is not None:  # the usual case: one read of a size known to be within the cap
+        if declared > MAX_RESPONSE_BYTES:
+            raise DependencyError(name, "bad_response", "answer too large", retryable=False)
+        return await response.read()
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
