@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from shared import http
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")  # printable ASCII only: nothing to inject or choke on
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable, no spaces or newlines: safe as a header
 
 
@@ -27,13 +28,13 @@ def call_headers(nats_headers: dict[str, str] | None, secret: str | None) -> dic
     if secret:
         headers["X-Internal-Secret"] = secret
     msg_id = given.get("Nats-Msg-Id")
-    if msg_id and _TOKEN.match(msg_id):
+    if msg_id and _TOKEN.fullmatch(msg_id):
         headers["Idempotency-Key"] = msg_id
     traceparent = given.get("traceparent", "").strip().lower()
-    if _TRACEPARENT.match(traceparent):
+    if _TRACEPARENT.fullmatch(traceparent):
         headers["traceparent"] = traceparent
         tracestate = given.get("tracestate", "")
-        if tracestate and len(tracestate) <= 512 and "\n" not in tracestate and "\r" not in tracestate:
+        if _TRACESTATE.fullmatch(tracestate):
             headers["tracestate"] = tracestate
     else:
         headers["traceparent"] = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"

@@ -8,13 +8,14 @@ Its import is deferred to the first call, so a function's cold start does not pa
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from shared import backoff
 from shared.contracts import FailureKind
@@ -135,16 +136,38 @@ class Endpoint:
         ``retry`` is for calls that are safe to repeat; a call that is not (posting a reply) is
         repeated only when the request provably never left this process.
         """
-        for attempt in itertools.count(1):
-            try:
+        try:  # most calls succeed at once: they pay for no retry machinery
+            return await self._once(method, path, deadline, json_body, params)
+        except DependencyError as exc:
+            if not self._repeatable(exc, retry) or self.attempts == 1:
+                raise
+            first_failure: DependencyError | None = exc
+
+        def wait(state: RetryCallState) -> float:
+            failed = state.outcome.exception() if state.outcome else None
+            return backoff.delay(state.attempt_number, getattr(failed, "retry_after", None))
+
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number >= self.attempts or deadline.remaining() < wait(state)
+
+        # A retry: tenacity drives the rest. Its first attempt is the failure above, so it waits
+        # (backoff with jitter, or the server's Retry-After) before calling again.
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, DependencyError) and self._repeatable(e, retry)),
+            stop=stop,
+            wait=wait,
+            reraise=True,
+        ):
+            with attempt:
+                if first_failure is not None:
+                    failed, first_failure = first_failure, None
+                    raise failed
                 return await self._once(method, path, deadline, json_body, params)
-            except DependencyError as exc:
-                repeatable = exc.retryable and (retry or not exc.sent)
-                wait = backoff.delay(attempt, exc.retry_after)
-                if not repeatable or attempt >= self.attempts or deadline.remaining() < wait:
-                    raise
-            await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _repeatable(exc: DependencyError, retry: bool) -> bool:
+        return exc.retryable and (retry or not exc.sent)
 
     async def _once(
         self, method: str, path: str, deadline: Deadline, json_body: Any, params: dict[str, str] | None
