@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from shared import runtime
 from shared.memory import MemoryClient
 from shared.messaging import MessagingClient
 from standins.server import Fault
-from tests.conftest import free_port, invocation
+from tests.conftest import invocation
 from tests.runner_support import eventually
 
 DEADLINE_S = 4.0
@@ -116,13 +117,28 @@ EXPECTED: dict[str, dict[str, tuple[str, int | str]]] = {
 # had not in fact posted (it answered garbage instead): never sent again, so none.
 NEVER_RESENT = {("post", "malformed"), ("post", "huge")}
 
+# What a call leaves behind in its stand-in once answered: a slow call finishes after the run gave up
+# on it, and must have finished before the next cell resets the stand-ins (or it lands there).
+EFFECTS: dict[str, Callable[[Any], list]] = {
+    "memory query": lambda stack: stack.memory.queries,
+    "memory store": lambda stack: stack.memory.stores,
+    "llm": lambda stack: stack.llm.requests,
+    "llm, no fallback": lambda stack: stack.llm.requests,
+    "post": lambda stack: stack.messaging.posts,
+    "toolcore": lambda stack: stack.toolcore.calls,
+    "pdp": lambda stack: stack.pdp.requests,
+}
+
 CELLS = [(dep, fault) for dep in DEPENDENCIES for fault in FAULTS]
 
 
 def _take_down(rt: runtime.Runtime, dependency: str) -> Callable[[], None]:
     """Point one dependency (only that one: history and post share a service) at a port where
     nothing listens; returns what puts it back."""
-    dead = f"http://127.0.0.1:{free_port()}"
+    # a port bound but never listening: connections are refused, and nothing else can take it meanwhile
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{held.getsockname()[1]}"
 
     def moved(endpoint):
         return dataclasses.replace(endpoint, base_url=dead)
@@ -149,6 +165,7 @@ def _take_down(rt: runtime.Runtime, dependency: str) -> Callable[[], None]:
         setattr(owner, name, replacement)
 
     def restore() -> None:
+        held.close()
         for owner, name, original in saved:
             if original is None:  # a bound method stood in for the class's own
                 delattr(owner, name)
@@ -208,6 +225,9 @@ async def test_fault_matrix(stack, configure, client, dependency, fault):
     if outcome["status"] == "failed":
         assert outcome["step"] == ("history" if dependency == "history" else "llm" if "llm" in dependency else "post")
     assert len(stack.messaging.replies_to(channel)) <= 1
+    if fault == "slow" and dependency in EFFECTS:
+        effect = EFFECTS[dependency]
+        await eventually(lambda: len(effect(stack)) >= calls, timeout_s=5, what="the slow calls to finish")
 
     # the fault is gone; the caller sends the same invocation again
     if restore:

@@ -1,0 +1,1 @@
+"""The chaos soak: ``python -m tests.soak`` (see run.py); a small version runs in the test suite."""
