@@ -73,11 +73,13 @@ class StepTimer:
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
+        """Time one step; a step that runs again (LLM and tool rounds) adds up."""
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.timings_ms[name] = round((time.perf_counter() - started) * 1000, 2)
+            spent = (time.perf_counter() - started) * 1000
+            self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + spent, 2)
 
     def total(self) -> dict[str, float]:
         return {**self.timings_ms, "total": round((time.perf_counter() - self._started) * 1000, 2)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -243,18 +242,14 @@ class Run:
 
     @contextmanager
     def step(self, name: Step, *, optional: bool = False) -> Iterator[None]:
-        """Time a step (a repeated step adds up); a dependency failure fails the run, or only notes
-        it when optional."""
-        started = time.perf_counter()
-        try:
-            yield
-        except DependencyError as exc:
-            if not optional:
-                raise StepFailed(name, exc) from None
-            self.outcome.notes.append(f"{name}_degraded: {exc.kind}")
-        finally:
-            spent = (time.perf_counter() - started) * 1000
-            self.timer.timings_ms[name] = round(self.timer.timings_ms.get(name, 0.0) + spent, 2)
+        """Time a step; a dependency failure fails the run, or only notes it when optional."""
+        with self.timer.step(name):
+            try:
+                yield
+            except DependencyError as exc:
+                if not optional:
+                    raise StepFailed(name, exc) from None
+                self.outcome.notes.append(f"{name}_degraded: {exc.kind}")
 
     def replied(self) -> Outcome:
         return self._end("replied")
