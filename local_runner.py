@@ -68,6 +68,7 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
     from runner import embedded, serve
     from runner.bridge import Bridge, BridgeConfig
     from shared import http, runtime
+    from shared.observability import redact_url
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,8 +140,9 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
         cleanup.append(status.stop)
         await bridge.start()
         print(
-            f"agent-runtime runner: {args.mode} mode on {args.subject} via {nats_url}; "
-            f"forwarding to {function_url}; health and metrics on http://127.0.0.1:{status.port}",
+            f"agent-runtime runner: {args.mode} mode on {args.subject} via "
+            f"{','.join(redact_url(u) for u in nats_url.split(','))}; forwarding to {redact_url(function_url)}; "
+            f"health and metrics on http://127.0.0.1:{status.port}",
             flush=True,
         )
         await stop.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.requests import Request
@@ -13,6 +14,7 @@ from shared.intake import BadInput, check_auth, parse_invocation
 from shared.outcomes import http_status, retry_headers
 
 log = logging.getLogger("agent_runtime.http")
+BODY_READ_TIMEOUT_S = 10.0
 
 
 async def invoke(request: Request) -> JSONResponse:
@@ -91,9 +93,13 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise BadInput(413, f"body larger than {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise BadInput(413, f"body larger than {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_S):  # a client trickling its body holds nothing for long
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise BadInput(413, f"body larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadInput(408, f"body not received within {BODY_READ_TIMEOUT_S:.0f}s") from None
     return b"".join(chunks)

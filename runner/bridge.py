@@ -20,6 +20,7 @@ from runner.dispatch import Dispatcher
 from runner.forward import Answer, call_headers, forward
 from runner.policy import Decision, decide
 from shared.intake import BadInput, parse_invocation
+from shared.observability import redact_url
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -82,7 +83,7 @@ class Bridge:
                 "fields": {
                     "mode": self.config.mode,
                     "subject": self.config.subject,
-                    "function_url": self.config.function_url,
+                    "function_url": redact_url(self.config.function_url),
                 }
             },
         )
@@ -181,6 +182,11 @@ class Bridge:
             invocation = parse_invocation(msg.data, self.config.max_body_bytes)
         except BadInput as exc:
             await self._dead_letter(msg, Decision("dead_letter", exc.error), status=exc.status, attempt=1)
+            return
+        except Exception as exc:  # a parser defect must never end the intake loop
+            log.exception("unreadable invocation")
+            reason = f"unreadable invocation: {type(exc).__name__}"
+            await self._dead_letter(msg, Decision("dead_letter", reason), status=None, attempt=1)
             return
         key = f"{invocation.agent_id}/{invocation.payload.channel_id}"
         keep_alive = self._keep_alive(msg) if self.config.mode == "jetstream" else None

@@ -7,8 +7,8 @@ import secrets
 from dataclasses import dataclass
 
 from shared import http
+from shared.tracing import TRACEPARENT
 
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")  # printable ASCII only: nothing to inject or choke on
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable, no spaces or newlines: safe as a header
 
@@ -31,7 +31,7 @@ def call_headers(nats_headers: dict[str, str] | None, secret: str | None) -> dic
     if msg_id and _TOKEN.fullmatch(msg_id):
         headers["Idempotency-Key"] = msg_id
     traceparent = given.get("traceparent", "").strip().lower()
-    if _TRACEPARENT.fullmatch(traceparent):
+    if TRACEPARENT.fullmatch(traceparent):
         headers["traceparent"] = traceparent
         tracestate = given.get("tracestate", "")
         if _TRACESTATE.fullmatch(tracestate):

@@ -27,6 +27,9 @@ class Claim:
     state: ClaimState
     token: str | None = None  # proves ownership to complete() and release()
     result: dict[str, Any] | None = None  # what the completed run recorded
+    # IN_PROGRESS: seconds until the record expires. A retry sooner than that finds it in progress
+    # again; a retry then answers even if its owner crashed.
+    expires_in_s: float = 1.0
 
 
 class IdempotencyStore(Protocol):
@@ -51,8 +54,8 @@ class InProcessStore:
         now = time.monotonic()
         record = self._records.get(key)
         if record is not None and record[2] > now:
-            state, _, _, result = record
-            return Claim(state, result=result)
+            state, _, expires, result = record
+            return Claim(state, result=result, expires_in_s=expires - now)
         token = uuid.uuid4().hex
         self._put(key, (ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s, None))
         return Claim(ClaimState.NEW, token=token)

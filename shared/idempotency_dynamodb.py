@@ -72,7 +72,8 @@ class DynamoDbStore:
         except _ConditionFailed as live:
             if live.item.get("state", {}).get("S") == "complete":
                 return Claim(ClaimState.COMPLETE, result=json.loads(live.item.get("result", {}).get("S", "null")))
-            return Claim(ClaimState.IN_PROGRESS)
+            expires = float(live.item.get(TTL_ATTRIBUTE, {}).get("N", now + 1))
+            return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires - now)
         return Claim(ClaimState.NEW, token=token)
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:

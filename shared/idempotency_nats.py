@@ -80,10 +80,11 @@ class NatsKvStore:
             except KeyWrongLastSequenceError:
                 return Claim(ClaimState.IN_PROGRESS)
         current = json.loads(entry.value or b"{}")
-        if current.get("expires_at", 0) > time.time():
+        expires_in_s = current.get("expires_at", 0) - time.time()
+        if expires_in_s > 0:
             if current.get("state") == "complete":
                 return Claim(ClaimState.COMPLETE, result=current.get("result"))
-            return Claim(ClaimState.IN_PROGRESS)
+            return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires_in_s)
         try:  # expired: take it over, unless someone else just did
             await kv.update(name, record, last=entry.revision)
             return Claim(ClaimState.NEW, token=token)

@@ -57,6 +57,17 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     log.propagate = False
 
 
+def redact_url(url: str) -> str:
+    """A URL fit for a log line: no user:password@ (a NATS URL may carry credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"***@{host}" + (f":{parts.port}" if parts.port else "")))
+
+
 def log_outcome(outcome: Outcome, **extra: Any) -> None:
     fields = outcome.model_dump(exclude_none=True)
     fields.update({k: v for k, v in extra.items() if v is not None})

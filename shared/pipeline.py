@@ -82,16 +82,16 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 run.outcome.message_id = (claim.result or {}).get("message_id")
                 return run.skipped("duplicate")
             if claim.state is ClaimState.IN_PROGRESS:
-                return run.failed(
-                    "idempotency",
-                    DependencyError(
-                        "runtime",
-                        "in_progress",
-                        "this message is being answered right now",
-                        retryable=True,
-                        retry_after=1.0,
-                    ),
+                # Retry once the claim could have expired: by then it is answered (a duplicate) or
+                # its owner died and the retry answers it. Sooner would only find it busy again.
+                busy = DependencyError(
+                    "runtime",
+                    "in_progress",
+                    "this message is being answered right now",
+                    retryable=True,
+                    retry_after=max(1.0, claim.expires_in_s),
                 )
+                return run.failed("idempotency", busy)
             run.claim = (key, claim.token)
 
             # 4. Query memory with what is asked (optional: the run goes on without it).

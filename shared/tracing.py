@@ -12,14 +12,14 @@ import re
 from typing import Any
 
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # W3C, use with fullmatch
 
 
 def trace_id(headers: Any) -> str | None:
     """From anything with ``.get(name)``: request headers (lower-case names), a CloudEvent."""
-    traceparent = headers.get("traceparent") or ""
-    parts = traceparent.strip().lower().split("-")
-    if len(parts) >= 4 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
-        return parts[1]
+    traceparent = (headers.get("traceparent") or "").strip().lower()
+    if TRACEPARENT.fullmatch(traceparent) and traceparent[3:35] != "0" * 32:
+        return traceparent[3:35]
     cloud = (headers.get("x-cloud-trace-context") or "").strip().lower().split("/")[0]
     return cloud if _TRACE_ID.fullmatch(cloud) else None
 

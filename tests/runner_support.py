@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -97,6 +98,7 @@ class FunctionProcess:
             env={**os.environ, **self.env},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE if self.capture_stderr else asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: gunicorn's worker goes with its master
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -119,7 +121,7 @@ class FunctionProcess:
         return stderr or b""
 
     async def kill(self) -> None:
-        """kill -9 (gunicorn's graceful stop waits up to 30 s for open connections)."""
+        """kill -9 of the whole group (gunicorn's graceful stop waits up to 30 s for open connections)."""
         if self.process is not None and self.process.returncode is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()

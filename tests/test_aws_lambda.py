@@ -232,7 +232,7 @@ def answering_elsewhere(message: dict[str, Any]) -> None:
     ("case", "status", "retry_after"),
     [
         ("history_unavailable", 503, None),  # a retry can help
-        ("answering_elsewhere", 409, "1"),  # a retry can help, after Retry-After
+        ("answering_elsewhere", 409, ("119", "120")),  # a retry can help, once the 120 s claim could expire
         ("not_a_member", 424, None),  # no retry fixes it
     ],
 )
@@ -249,7 +249,7 @@ def test_dependency_failures_map_like_the_http_functions(stack, aws, case, statu
     code, body, headers = call("POST", "/invoke", invocation(channel))
 
     assert (code, body["status"]) == (status, "failed")
-    assert headers.get("Retry-After") == retry_after
+    assert headers.get("Retry-After") in (retry_after if isinstance(retry_after, tuple) else (retry_after,))
 
 
 def test_the_log_line_carries_the_trace_for_both_clouds(stack, aws, logs, monkeypatch):
@@ -347,7 +347,8 @@ def test_an_sqs_batch_reports_exactly_the_records_worth_retrying(stack, aws, que
     assert answer == {"batchItemFailures": [{"itemIdentifier": ids["busy"]}]}
     assert len(stack.messaging.replies_to(good)) == 1 and stack.messaging.replies_to(refused) == []
     # the busy record comes back when its outcome says (Retry-After), not after the queue's 540 s
-    assert [(v["ReceiptHandle"], v["VisibilityTimeout"]) for v in visibility] == [(batch[3]["receiptHandle"], 1)]
+    [(handle, seconds)] = [(v["ReceiptHandle"], v["VisibilityTimeout"]) for v in visibility]
+    assert handle == batch[3]["receiptHandle"] and seconds in (119, 120)  # when the 120 s claim could expire
     parked = {m["MessageAttributes"]["source_message_id"]["StringValue"]: m for m in dead_letters(queues)}
     assert set(parked) == {ids["not_json"], ids["invalid"], ids["refused"]}
     reasons = {

@@ -78,6 +78,9 @@ async def test_two_runners_sharing_the_kv_store_never_double_post(stack, nats_se
         AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats",
         NATS_URL=nats_server.url,
         AGENT_RUNTIME__IDEMPOTENCY__NATS_BUCKET="shared_idem",
+        # a busy duplicate is retried when the claim could have expired: keep that short here
+        AGENT_RUNTIME__RUNTIME__DEADLINE_S="3",
+        AGENT_RUNTIME__RUNTIME__IDEMPOTENCY_IN_PROGRESS_TTL_S="4",
     )
     functions = [FunctionProcess(free_port(), env) for _ in range(2)]
     # two durable consumers: each runner sees every invocation, as after a redelivery
