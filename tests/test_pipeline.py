@@ -240,7 +240,7 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     response = await client.post("/invoke", json=invocation(channel, message_id=message["id"]))
 
     assert response.status_code == 409
-    assert int(response.headers["retry-after"]) in (59, 60)  # when the claim (60 s) could have expired
+    assert 58 <= int(response.headers["retry-after"]) <= 61  # when the claim (60 s) could have expired
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
 
 
