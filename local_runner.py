@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 
 from shared import settings as settings_module
-from shared.settings import LlmSettings, MemorySettings, MessagingSettings, Settings
+from shared.settings import LlmSettings, MemorySettings, MessagingSettings, NatsSettings, Settings
 from standins.messaging import DEMO_CHANNEL
 
 log = logging.getLogger("agent_runtime.runner")
@@ -43,7 +44,7 @@ def run_parser(s: Settings) -> argparse.ArgumentParser:
         "--embedded-nats",
         action="store_true",
         default=r.embedded_nats,
-        help="start a private nats-server (also done when nothing answers at --nats-url)",
+        help="start a private nats-server (the local stack does too when nothing answers at the default URL)",
     )
     p.add_argument("--stream", default=r.stream)
     p.add_argument("--durable", default=r.durable)
@@ -78,7 +79,10 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
     cleanup: list = []
     try:
         nats_url = args.nats_url
-        if args.embedded_nats or not await embedded.reachable(nats_url.split(",")[0]):
+        # The local stack (no function URL, NATS left at its default) brings its own nats-server when
+        # none answers. A configured deployment never does: it waits for its NATS to come back.
+        local_stack = not args.function_url and nats_url == NatsSettings().url
+        if args.embedded_nats or (local_stack and not await embedded.reachable(nats_url.split(",")[0])):
             nats_server = await embedded.NatsServer().start()
             cleanup.append(nats_server.stop)
             nats_url = nats_server.url
@@ -138,14 +142,22 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
         )
         status = await serve.Serving.start(serve.status_app(bridge.health), "127.0.0.1", args.port)
         cleanup.append(status.stop)
-        await bridge.start()
+        starting = asyncio.create_task(bridge.start())  # waits as long as NATS is away
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # asked to stop before NATS ever answered: nothing was taken
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 0
+        starting.result()
         print(
             f"agent-runtime runner: {args.mode} mode on {args.subject} via "
             f"{','.join(redact_url(u) for u in nats_url.split(','))}; forwarding to {redact_url(function_url)}; "
             f"health and metrics on http://127.0.0.1:{status.port}",
             flush=True,
         )
-        await stop.wait()
+        await stopping
         log.info("stopping: draining invocations in flight")
         finished = await bridge.stop()
         return 0 if finished else 1

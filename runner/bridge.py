@@ -60,6 +60,7 @@ class Bridge:
         self._subscription: Any = None
         self._fetcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_requested = asyncio.Event()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class Bridge:
     async def stop(self) -> bool:
         """Stop taking messages, finish those in flight; False when the drain timeout cut some short."""
         self._stopping = True
+        self._stop_requested.set()
         if self._fetcher is not None:
             self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,7 +105,7 @@ class Bridge:
             # Everything taken is settled by now; send the last acks and close. (nats-py's drain()
             # of a pull subscription can wait its whole drain timeout for nothing.)
             with contextlib.suppress(Exception):
-                await flushed(self.nc)
+                await flushed(self.nc, timeout_s=2)  # NATS may be down: do not wait nats-py's 10 s
             await self.nc.close()
         log.info("bridge stopped", extra={"fields": {"finished_in_flight": finished}})
         return finished
@@ -224,10 +226,12 @@ class Bridge:
                         "fields": {"reason": decision.reason, "attempt": attempt, "delay_s": round(decision.delay_s, 2)}
                     },
                 )
-                if self.config.mode == "jetstream":
+                # Retried here, in both modes, so the channel's later invocations keep waiting their
+                # turn (a nak would let them overtake). The wait holds no call slot; JetStream is
+                # kept from redelivering by the keep-alive, and told to do it itself if we stop.
+                if await self._stopped_within(decision.delay_s) and self.config.mode == "jetstream":
                     await self._settle(msg, "nak", decision.delay_s)
                     return
-                await asyncio.sleep(decision.delay_s)
                 attempt += 1
         except Exception:
             log.exception("bridge defect while processing a message")
@@ -237,7 +241,17 @@ class Bridge:
             if keep_alive is not None:
                 keep_alive.cancel()
 
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the bridge is stopping; True when it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        return self._stop_requested.is_set()
+
     async def _call(self, body: bytes, headers: dict[str, str]) -> Answer:
+        async with self.dispatcher.slot():
+            return await self._forward(body, headers)
+
+    async def _forward(self, body: bytes, headers: dict[str, str]) -> Answer:
         metrics.in_flight.inc()
         started = time.perf_counter()
         try:
@@ -307,14 +321,14 @@ class Bridge:
         await self._reply(msg, body or json.dumps({"error": decision.reason}).encode())
 
 
-async def flushed(nc: Client) -> None:
+async def flushed(nc: Client, timeout_s: float = 10) -> None:
     """Return once the server has processed everything sent so far.
 
     nats-py writes flush()'s PING straight to the socket, ahead of commands still in its buffer
     (a SUB, say), so one flush can return before they are sent. The second PING follows them.
     """
-    await nc.flush()
-    await nc.flush()
+    await nc.flush(timeout=timeout_s)
+    await nc.flush(timeout=timeout_s)
 
 
 async def _connect_until_up(nats: Any, servers: list[str]) -> Client:

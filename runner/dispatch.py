@@ -5,7 +5,8 @@ messages admitted, and one (agent, channel) at a time in arrival order while oth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 
 class Dispatcher:
@@ -26,7 +27,8 @@ class Dispatcher:
         return self.capacity - len(self._tasks)
 
     async def submit(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
-        """Admit one message (waiting while the queue is full); ``work`` runs after its key's predecessor."""
+        """Admit one message (waiting while the queue is full); ``work`` runs after its key's predecessor
+        and takes a call slot (``slot()``) for each call it makes."""
         await self._admitted.acquire()
         previous = self._tails.get(key)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -45,17 +47,22 @@ class Dispatcher:
         try:
             if previous is not None:
                 await asyncio.shield(previous)
-            async with self._running:
-                self.in_flight += 1
-                try:
-                    await work()
-                finally:
-                    self.in_flight -= 1
+            await work()
         finally:
             done.set_result(None)
             if self._tails.get(key) is done:
                 del self._tails[key]
             self._admitted.release()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``max_in_flight`` call slots; a message waiting to retry holds none."""
+        async with self._running:
+            self.in_flight += 1
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait for every admitted message; False when some were still running at the timeout."""

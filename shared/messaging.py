@@ -57,11 +57,18 @@ class MessagingClient:
         except DependencyError as exc:
             if exc.sent and exc.status is None:
                 raise _uncertain(f"{exc.kind} after sending") from None
-            raise
+            if exc.status in GATEWAY_UNSURE:
+                raise _uncertain(f"answered HTTP {exc.status} by a gateway") from None
+            raise  # 500 is the contract's "Matrix send failed": nothing was posted, a retry may help
         message_id = data.get("message_id") if isinstance(data, dict) else None
         if not message_id:
             raise _uncertain("answered without a message_id")
         return str(message_id)
+
+
+# A proxy in front of messaging-service answers these when it lost the upstream mid-request: the
+# post may have gone through.
+GATEWAY_UNSURE = frozenset({502, 504})
 
 
 def _uncertain(what: str) -> DependencyError:

@@ -34,10 +34,9 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
     payload = inv.payload
     channel_id = str(payload.channel_id)
     microdao_id = payload.microdao_id or cfg.runtime.default_microdao_id
-    deadline = Deadline(cfg.runtime.deadline_s)
-
     # One channel's invocations are answered in arrival order; other channels run in parallel.
     async with rt.locks.hold(f"{inv.agent_id}/{channel_id}"):
+        deadline = Deadline(cfg.runtime.deadline_s)  # from its turn: the wait for the lock is not spent
         try:
             # 1. Load the blueprint: agents-service, else a blueprint file, else the built-in agent.
             #    A channel keeps the prompt variant (A/B) it is assigned.
@@ -162,6 +161,7 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
             reply = reply[: cfg.runtime.max_reply_chars]
 
             # 7. Post the reply into the channel.
+            run.posting = True
             with run.step("post"):
                 run.outcome.message_id = await rt.messaging.post(inv.agent_id, channel_id, reply, deadline)
             await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)
@@ -188,6 +188,10 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
             if failure.error.uncertain or run.side_effects:
                 await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)  # never post or act twice
             return run.failed(failure.step, failure.error)
+        except BaseException:  # cancelled, or a defect: a reply or a tool's action may be out already
+            if run.posting or run.side_effects:
+                await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)
+            raise
         finally:
             await run.release(rt)
 
@@ -236,6 +240,7 @@ class Run:
         self.timer = StepTimer()
         self.claim: tuple[str, str] | None = None
         self.side_effects = False  # a tool may have acted: a failed run must not run again
+        self.posting = False  # the reply was sent (or is being sent)
         self.outcome = Outcome(
             status="failed", agent_id=inv.agent_id, entrypoint=inv.entrypoint, channel_id=str(inv.payload.channel_id)
         )

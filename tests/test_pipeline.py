@@ -244,6 +244,20 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
 
 
+async def test_a_gateway_error_on_post_is_never_sent_again(stack, client):
+    stack.messaging.faults.set("post", Fault(status=504, times=1))  # a proxy lost the upstream mid-request
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    body = invocation(channel, message_id=message["id"])
+
+    first = await client.post("/invoke", json=body)
+    again = await client.post("/invoke", json=body)
+
+    assert first.status_code == 424 and first.json()["step"] == "post" and first.json()["retryable"] is False
+    assert again.json()["status"] == "skipped" and again.json()["reason"] == "duplicate"
+    assert stack.messaging.faults.calls["post"] == 1
+
+
 async def test_post_refused_to_connect_is_retried(stack, configure, client):
     stack.messaging.faults.set("post", Fault(status=500, times=1))
     channel = stack.channel()

@@ -338,3 +338,51 @@ async def test_a_slow_call_is_kept_alive_not_redelivered(nats_server, nc, functi
         await b.stop()
     assert function.calls_for(body) == 1  # never redelivered while it ran
     assert info.num_redelivered == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_retried_invocation_keeps_its_place_in_the_channel(nats_server, nc, function, mode):
+    """A retry waits in place: the channel's next invocation does not overtake it."""
+    channel = str(uuid.uuid4())
+    first, second = body_for(channel, rewrite_prompt="first"), body_for(channel, rewrite_prompt="second")
+    function.script = {1: (503, {"error": "llm: HTTP 503"}, {"Retry-After": "0.3"})}  # per body: first call of each
+    b = bridge(nats_server.url, function.url, mode=mode)
+    await b.start()
+    try:
+        await publish(nc, first, mode)
+        await publish(nc, second, mode)
+        await eventually(lambda: len(function.completed) == 4, what="both, each retried once")
+    finally:
+        await b.stop()
+    assert function.completed == [first, first, second, second]
+
+
+async def test_a_configured_runner_waits_for_its_nats_and_never_starts_its_own(function):
+    """With --function-url (a deployment), an unreachable NATS is retried, not replaced by a private one."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "local_runner.py",
+        "--nats-url",
+        f"nats://127.0.0.1:{free_port()}",
+        "--function-url",
+        function.url,
+        "--port",
+        "0",
+        cwd=ROOT,
+        env={**os.environ, "AGENT_RUNTIME__RUNTIME__LOG_FORMAT": "json"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[bytes] = []
+    try:
+        while sum(b"ConnectionRefusedError" in line for line in seen) < 2:  # it keeps trying
+            line = await asyncio.wait_for(process.stderr.readline(), 20)
+            assert line, b"".join(seen)
+            seen.append(line)
+        process.send_signal(signal.SIGTERM)  # and a stop request still ends it at once
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert not any(b"embedded nats-server" in line for line in seen)
