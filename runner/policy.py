@@ -32,11 +32,6 @@ def decide(
         return Decision("dead_letter", what)
     if attempt >= max_deliver:
         return Decision("dead_letter", f"{what}; gave up after {attempt} attempts")
-    return Decision("retry", what, backoff.delay(attempt, _seconds(retry_after), base=0.5, cap=30.0))
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return min(300.0, max(0.0, float(value))) if value else None
-    except ValueError:
-        return None
+    return Decision(
+        "retry", what, backoff.delay(attempt, backoff.retry_after(retry_after, limit=300.0), base=0.5, cap=30.0)
+    )

@@ -78,13 +78,6 @@ class DependencyError(Exception):
         self.uncertain = uncertain  # the call may have taken effect though no answer says so
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-
-
 def _status_error(dependency: str, status: int, retry_after: str | None) -> DependencyError:
     if status == 401:
         return DependencyError(
@@ -93,7 +86,12 @@ def _status_error(dependency: str, status: int, retry_after: str | None) -> Depe
     if status in (408, 429) or status >= 500:
         kind: FailureKind = "timeout" if status in (408, 504) else "unavailable"
         return DependencyError(
-            dependency, kind, f"HTTP {status}", status=status, retryable=True, retry_after=_retry_after(retry_after)
+            dependency,
+            kind,
+            f"HTTP {status}",
+            status=status,
+            retryable=True,
+            retry_after=backoff.retry_after(retry_after),
         )
     return DependencyError(dependency, "rejected", f"HTTP {status}", status=status, retryable=False)
 
