@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from starlette import responses
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from shared import pipeline, runtime, tracing
+from shared import jsoncodec, pipeline, runtime, tracing
 from shared.health import report
 from shared.intake import BadInput, check_auth, parse_invocation
 from shared.outcomes import http_status, retry_headers
 
 log = logging.getLogger("agent_runtime.http")
 BODY_READ_TIMEOUT_S = 10.0
+
+
+class JSONResponse(responses.JSONResponse):
+    """Starlette's, rendered by orjson: an outcome costs a tenth of the stdlib's time."""
+
+    def render(self, content: object) -> bytes:
+        return jsoncodec.dumps(content)
 
 
 async def invoke(request: Request) -> JSONResponse:

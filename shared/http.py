@@ -8,16 +8,16 @@ Its import is deferred to the first call, so a function's cold start does not pa
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from shared import backoff
+from shared import backoff, jsoncodec
 from shared.contracts import FailureKind
 from shared.deadline import Deadline
 
@@ -28,9 +28,16 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
 
+_last: tuple[asyncio.AbstractEventLoop | None, aiohttp.ClientSession | None] = (None, None)
+
+
 def session() -> aiohttp.ClientSession:
     """The running loop's pooled session, created on first use."""
+    global _last
     loop = asyncio.get_running_loop()
+    last_loop, current = _last
+    if last_loop is loop and current is not None and not current.closed:
+        return current  # the usual case, without a weak-reference lookup per call
     current = _sessions.get(loop)
     if current is None or current.closed:
         import aiohttp
@@ -43,12 +50,15 @@ def session() -> aiohttp.ClientSession:
             auto_decompress=True,
         )
         _sessions[loop] = current
+    _last = (loop, current)
     return current
 
 
 async def aclose() -> None:
     """Close the running loop's session (tests, shutdown)."""
+    global _last
     current = _sessions.pop(asyncio.get_running_loop(), None)
+    _last = (None, None)
     if current is not None:
         await current.close()
 
@@ -119,6 +129,10 @@ class Endpoint:
             headers["X-Internal-Secret"] = self.secret
         return headers
 
+    @cached_property
+    def _json_headers(self) -> dict[str, str]:
+        return {**self._headers, "Content-Type": "application/json"}
+
     async def call(
         self,
         method: str,
@@ -175,13 +189,13 @@ class Endpoint:
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
             raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
+        url = self._base + path + ("?" + urlencode(params) if params else "")
         try:
             async with session().request(
                 method,
-                self._base + path,
-                json=json_body,
-                params=params,
-                headers=self._headers,
+                url,
+                data=None if json_body is None else jsoncodec.dumps(json_body),
+                headers=self._headers if json_body is None else self._json_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as response:
@@ -205,7 +219,7 @@ class Endpoint:
         if not body:
             return None
         try:
-            return json.loads(body)
+            return jsoncodec.loads(body)
         except ValueError:
             raise DependencyError(self.name, "bad_response", "answer is not JSON", retryable=True) from None
 

@@ -15,12 +15,11 @@ import asyncio
 import json
 import math
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.http import DependencyError
-from shared.idempotency import Claim, ClaimState
+from shared.idempotency import Claim, ClaimState, new_token
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -52,7 +51,7 @@ class DynamoDbStore:
         return cls(s.idempotency.dynamodb_table)
 
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
-        token = uuid.uuid4().hex
+        token = new_token()
         now = self._clock()
         item = {
             KEY_ATTRIBUTE: {"S": key},

@@ -11,13 +11,12 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from shared.http import DependencyError
-from shared.idempotency import Claim, ClaimState
+from shared.idempotency import Claim, ClaimState, new_token
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -64,7 +63,7 @@ class NatsKvStore:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         kv, name = await self._kv(), _name(key)
-        token = uuid.uuid4().hex
+        token = new_token()
         record = _encode("in_progress", token, in_progress_ttl_s)
         try:
             await kv.create(name, record)

@@ -6,6 +6,9 @@ own invocations (gunicorn runs one registry per worker).
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from shared.contracts import Outcome
@@ -43,14 +46,20 @@ MOCK_FALLBACKS = Counter(
 )
 
 
+@lru_cache(maxsize=4096)
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once: prometheus-client validates and locks on every call."""
+    return metric.labels(*values)
+
+
 def record(outcome: Outcome) -> None:
     """What one finished invocation adds."""
-    INVOCATIONS.labels(outcome.agent_id, outcome.entrypoint, outcome.status).inc()
-    RESPONSE_SECONDS.labels(outcome.agent_id).observe(outcome.timings_ms.get("total", 0.0) / 1000)
+    child(INVOCATIONS, outcome.agent_id, outcome.entrypoint, outcome.status).inc()
+    child(RESPONSE_SECONDS, outcome.agent_id).observe(outcome.timings_ms.get("total", 0.0) / 1000)
     if "memory" in outcome.timings_ms:
         MEMORY_QUERY_SECONDS.observe(outcome.timings_ms["memory"] / 1000)
     for call in outcome.tool_calls:
-        TOOL_CALLS.labels(call["tool"], call["result"]).inc()
+        child(TOOL_CALLS, call["tool"], call["result"]).inc()
 
 
 def exposition() -> tuple[bytes, str]:

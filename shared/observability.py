@@ -5,14 +5,12 @@ Never logs message text or secrets: only ids, outcome, per-step milliseconds and
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
+from shared import jsoncodec
 from shared.contracts import Outcome
 
 log = logging.getLogger("agent_runtime")
@@ -20,17 +18,23 @@ _configured = False
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line (what Cloud Logging and CloudWatch parse)."""
+
+    _second, _stamp = -1, ""  # the time, formatted once a second
+
     def format(self, record: logging.LogRecord) -> str:
+        if int(record.created) != self._second:
+            self._second, self._stamp = int(record.created), self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z")
         line: dict[str, Any] = {
             "severity": record.levelname,
             "message": record.getMessage(),
             "logger": record.name,
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": self._stamp,
         }
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return jsoncodec.dumps(line, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -82,15 +86,10 @@ class StepTimer:
         self.timings_ms: dict[str, float] = {}
         self._started = time.perf_counter()
 
-    @contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        """Time one step; a step that runs again (LLM and tool rounds) adds up."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            spent = (time.perf_counter() - started) * 1000
-            self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + spent, 2)
+    def add(self, name: str, started: float) -> None:
+        """Add the time since ``started`` (perf_counter) to a step: LLM and tool rounds add up."""
+        spent = (time.perf_counter() - started) * 1000
+        self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + spent, 2)
 
     def total(self) -> dict[str, float]:
         return {**self.timings_ms, "total": round((time.perf_counter() - self._started) * 1000, 2)}

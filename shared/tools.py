@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from shared import summary
 from shared.contracts import ChannelMessage
 from shared.deadline import Deadline
 from shared.http import DependencyError, Endpoint
-from shared.llm import Completion, ToolCall, ToolSpec
+from shared.llm import Completion, ToolCall, ToolSpec, text_protocol
 
 BUILT_IN = "summarize_channel"
 _TEXT = {"type": "string"}
@@ -43,6 +44,11 @@ def spec(name: str) -> ToolSpec:
     return SPECS.get(name) or ToolSpec(name, f"The {name} tool.", {"type": "object"})
 
 
+@lru_cache(maxsize=256)
+def _text_protocol(names: tuple[str, ...]) -> str:
+    return text_protocol([spec(name) for name in names])
+
+
 @dataclass
 class Toolbox:
     toolcore: Endpoint
@@ -60,6 +66,10 @@ class Toolbox:
     @property
     def specs(self) -> list[ToolSpec]:
         return [spec(name) for name in self.names]
+
+    def text_protocol(self) -> str | None:
+        """How a model without native tools is told about these (written once per set of names)."""
+        return _text_protocol(tuple(self.names)) if self.names else None
 
     async def run(self, calls: list[ToolCall], deadline: Deadline) -> list[dict[str, Any]]:
         """The tool turns that answer ``calls``, in order."""
