@@ -16,6 +16,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from shared import settings as settings_module
 from shared.settings import LlmSettings, MemorySettings, MessagingSettings, NatsSettings, Settings
@@ -169,6 +171,16 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
         await http.aclose()
 
 
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (uvicorn[standard] brings it everywhere but Windows): the loop
+    the function's uvicorn workers run, and a little less CPU per message than asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: list[str]) -> int:
     from shared import observability
 
@@ -178,7 +190,7 @@ def main(argv: list[str]) -> int:
         from runner.say import say
 
         a = say_parser(s).parse_args(argv[1:])
-        return asyncio.run(
+        return run_loop(
             say(
                 a.text,
                 agent_id=a.agent,
@@ -189,7 +201,7 @@ def main(argv: list[str]) -> int:
                 timeout_s=a.timeout,
             )
         )
-    return asyncio.run(run(run_parser(s).parse_args(argv), s))
+    return run_loop(run(run_parser(s).parse_args(argv), s))
 
 
 if __name__ == "__main__":
