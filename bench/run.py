@@ -204,9 +204,8 @@ def pooled_session():
 # --- 1./2. floor and invoke, in alternating rounds --------------------------------------------
 
 
-def floor_call(s, fakes: Fakes):
+def floor_call(s, messaging: str, memory: str, llm: str):
     """One invocation's five calls, made by a minimal client: nothing else."""
-    messaging, memory, llm = fakes.url("messaging"), fakes.url("memory"), fakes.url("llm")
     system = "You are Sofia, the community guide of DAARION. " * 8
 
     async def one() -> None:
@@ -269,7 +268,8 @@ async def floor_and_invoke(fakes: Fakes, base: str, worker: int, n: int, rounds:
     floor_rates, invoke_rates, floor_latencies, invoke_latencies = [], [], [], []
     floor_cpu = invoke_cpu = 0.0
     async with pooled_session() as s:
-        floor_one, invoke_one = floor_call(s, fakes), invoke_call(s, base, failures)
+        floor_one = floor_call(s, fakes.url("messaging"), fakes.url("memory"), fakes.url("llm"))
+        invoke_one = invoke_call(s, base, failures)
         await drive(300, CONCURRENCY, floor_one)  # warm-up: pools filled, handlers imported
         await drive(300, CONCURRENCY, invoke_one)
         failures.clear()
