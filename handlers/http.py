@@ -84,7 +84,7 @@ ROUTES = {
 
 async def agent_runtime(request: Request) -> Response:
     """Every path of the seed's service in one target."""
-    path = request.url.path.rstrip("/") or "/"
+    path = request.scope["path"].rstrip("/") or "/"  # request.url would build and parse a whole URL
     handler = ROUTES.get((request.method, path))
     if handler is None:
         if request.method == "HEAD" and path == "/health":

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from urllib.parse import quote
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.contracts import ChannelMessage
 from shared.deadline import Deadline
 from shared.http import DependencyError, Endpoint
 
 log = logging.getLogger("agent_runtime.messaging")
+_HISTORY = TypeAdapter(list[ChannelMessage])
 
 
 class MessagingClient:
@@ -30,15 +31,10 @@ class MessagingClient:
         )
         if not isinstance(data, list):
             raise DependencyError("messaging", "bad_response", "history is not a JSON array", retryable=True)
-        messages, dropped, why = [], 0, ""
-        for element in data:
-            try:
-                messages.append(ChannelMessage.model_validate(element))
-            except ValidationError as exc:
-                dropped += 1
-                why = why or exc.errors(include_input=False, include_url=False)[0]["msg"]
-        if dropped:  # one line per read, not one per element: a broken service must not flood the logs
-            log.warning("history elements dropped", extra={"fields": {"dropped": dropped, "first_error": why}})
+        try:
+            messages = _HISTORY.validate_python(data)  # the usual case: one call for the whole list
+        except ValidationError:
+            messages = _valid_elements(data)
         messages.sort(key=lambda m: m.created_at)
         return messages
 
@@ -64,6 +60,20 @@ class MessagingClient:
         if not message_id:
             raise _uncertain("answered without a message_id")
         return str(message_id)
+
+
+def _valid_elements(data: list) -> list[ChannelMessage]:
+    """The elements that are messages; the others are dropped, with one log line per read (not one
+    per element: a broken service must not flood the logs)."""
+    messages, dropped, why = [], 0, ""
+    for element in data:
+        try:
+            messages.append(ChannelMessage.model_validate(element))
+        except ValidationError as exc:
+            dropped += 1
+            why = why or exc.errors(include_input=False, include_url=False)[0]["msg"]
+    log.warning("history elements dropped", extra={"fields": {"dropped": dropped, "first_error": why}})
+    return messages
 
 
 # A proxy in front of messaging-service answers these when it lost the upstream mid-request: the
