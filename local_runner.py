@@ -153,6 +153,7 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
                 await starting
             return 0
         starting.result()
+        runtime.settle_gc()  # everything the bridge (and a served function) runs with is loaded now
         print(
             f"agent-runtime runner: {args.mode} mode on {args.subject} via "
             f"{','.join(redact_url(u) for u in nats_url.split(','))}; forwarding to {redact_url(function_url)}; "

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -78,23 +77,37 @@ async def drive_floor(n: int) -> None:
         await drive(n, CONCURRENCY, floor_call(s, *urls))
 
 
-def count(what: str, n: int, env: dict[str, str]) -> subprocess.Popen:
-    out = tempfile.NamedTemporaryFile(prefix=f"callgrind-{what}-{n}-", delete=False).name
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PY, __file__, "--drive", what, str(n)]
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    process.out_file = out  # type: ignore[attr-defined]
-    return process
-
-
-def total(process: subprocess.Popen) -> int:
-    _, err = process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"{process.args}: exit {process.returncode}\n{err.decode()[-2000:]}")
-    path = Path(process.out_file)  # type: ignore[attr-defined]
+def counted(what: str, ns: tuple[int, ...], env: dict[str, str], work: Path) -> list[int]:
+    """Total instructions of ``--drive what n`` for each n, the runs side by side (one per core)."""
+    runs = []
     try:
-        return next(int(line.split()[1]) for line in path.read_text().splitlines() if line.startswith("totals:"))
+        for n in ns:
+            out, log = work / f"callgrind-{what}-{n}.out", work / f"{what}-{n}.log"
+            argv = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                PY,
+                __file__,
+                "--drive",
+                what,
+                str(n),
+            ]
+            with log.open("wb") as err:
+                runs.append(
+                    (subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err), out, log)
+                )
+        totals = []
+        for process, out, log in runs:
+            if process.wait() != 0:
+                raise RuntimeError(f"{' '.join(process.args)}: exit {process.returncode}; see {log}")
+            totals.append(next(int(line.split()[1]) for line in out.open() if line.startswith("totals:")))
+        return totals
     finally:
-        path.unlink()
+        for process, _, _ in runs:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 async def main() -> int:
@@ -103,17 +116,17 @@ async def main() -> int:
         return 2
     procs = Processes()
     fakes = Fakes(procs)
+    per: dict[str, float] = {}
     try:
         for name in ("messaging", "memory", "llm"):
             await fakes.start(name)
-        env = fakes.env()
-        per: dict[str, float] = {}
         for what in ("app", "floor"):
             print(f"counting {what} …", file=sys.stderr, flush=True)
-            few, more = count(what, FEW, env), count(what, MORE, env)  # one per core
-            per[what] = (total(more) - total(few)) / (MORE - FEW)
+            few, more = await asyncio.to_thread(counted, what, (FEW, MORE), fakes.env(), procs.logs)
+            per[what] = (more - few) / (MORE - FEW)
     finally:
         procs.stop_all()
+    shutil.rmtree(procs.logs, ignore_errors=True)  # kept on failure: the error names the log
     print(f"agent_runtime app: {per['app'] / 1e6:.2f} M instructions per invocation")
     print(f"floor's client:    {per['floor'] / 1e6:.2f} M instructions per invocation (its five calls)")
     print(f"ratio:             {per['app'] / per['floor']:.2f}")

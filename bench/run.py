@@ -447,7 +447,7 @@ async def suite(args: argparse.Namespace) -> int:
         function, base = await serve_function(procs, fakes.env())
         worker = (children(function.pid) or [function.pid])[0]
         idle_mb = memory_mb(worker)
-        say(f"1./2. floor and POST /invoke, {rounds} alternating rounds of {n // rounds}, concurrency {CONCURRENCY} …")
+        say(f"1./2. floor and POST /invoke, {rounds} alternating rounds, concurrency {CONCURRENCY} …")
         fl, inv = await floor_and_invoke(fakes, base, worker, n, rounds)
         loaded_mb = memory_mb(worker)
         per_invocation_ms = fl["p50"] * 1000

@@ -189,7 +189,8 @@ class Endpoint:
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
             raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
-        url = self._base + path + ("?" + urlencode(params) if params else "")
+        # errors="ignore": a lone surrogate is dropped (as yarl did), not a crash
+        url = self._base + path + ("?" + urlencode(params, errors="ignore") if params else "")
         try:
             async with session().request(
                 method,

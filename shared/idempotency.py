@@ -2,7 +2,9 @@
 
 A record moves in-progress → complete. A claim on a complete record answers its result; on a
 live in-progress one, ``IN_PROGRESS``. An in-progress record expires, so a crashed worker's
-invocation runs again; a failed run releases its record, so a retry can run.
+invocation runs again; a failed run releases its record, so a retry can run. Just before it
+posts, the owner marks its record: a run that takes over an expired record so marked learns that
+a reply may already be in the channel (``Claim.after_posting``), since a post is not idempotent.
 Backends share this interface: in-process here, NATS KV and DynamoDB elsewhere.
 """
 
@@ -13,7 +15,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class ClaimState(Enum):
@@ -30,10 +32,16 @@ class Claim:
     # IN_PROGRESS: seconds until the record expires. A retry sooner than that finds it in progress
     # again; a retry then answers even if its owner crashed.
     expires_in_s: float = 1.0
+    # NEW over an expired record whose owner had begun to post (and then died, or lost the store):
+    # its reply may be in the channel, and a post is not idempotent.
+    after_posting: bool = False
 
 
 class IdempotencyStore(Protocol):
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim: ...
+    async def posting(self, key: str, token: str) -> None:
+        """The owner is about to post: whoever takes the record over after it expires is told so."""
+
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None: ...
     async def release(self, key: str, token: str) -> None: ...
 
@@ -47,27 +55,38 @@ def record_key(agent_id: str, message_id: str) -> str:
     return f"{agent_id}/{message_id}"
 
 
+class _Record(NamedTuple):
+    state: ClaimState
+    token: str
+    expires_at: float  # time.monotonic()
+    result: dict[str, Any] | None = None
+    posting: bool = False  # the owner began to post
+
+
 class InProcessStore:
     """For a single process. Bounded: the oldest records are evicted past ``max_records``."""
 
     def __init__(self, max_records: int = 100_000) -> None:
         self.max_records = max_records
-        # key -> (state, token, expires_at, result)
-        self._records: OrderedDict[str, tuple[ClaimState, str, float, dict[str, Any] | None]] = OrderedDict()
+        self._records: OrderedDict[str, _Record] = OrderedDict()
 
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
         now = time.monotonic()
         record = self._records.get(key)
-        if record is not None and record[2] > now:
-            state, _, expires, result = record
-            return Claim(state, result=result, expires_in_s=expires - now)
+        if record is not None and record.expires_at > now:
+            return Claim(record.state, result=record.result, expires_in_s=record.expires_at - now)
         token = new_token()
-        self._put(key, (ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s, None))
-        return Claim(ClaimState.NEW, token=token)
+        self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s))
+        after_posting = record is not None and record.state is ClaimState.IN_PROGRESS and record.posting
+        return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
+
+    async def posting(self, key: str, token: str) -> None:
+        if self._owned(key, token):
+            self._records[key] = self._records[key]._replace(posting=True)
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         if self._owned(key, token):
-            self._put(key, (ClaimState.COMPLETE, token, time.monotonic() + ttl_s, result))
+            self._put(key, _Record(ClaimState.COMPLETE, token, time.monotonic() + ttl_s, result))
 
     async def release(self, key: str, token: str) -> None:
         if self._owned(key, token):
@@ -75,9 +94,9 @@ class InProcessStore:
 
     def _owned(self, key: str, token: str) -> bool:
         record = self._records.get(key)
-        return record is not None and record[1] == token
+        return record is not None and record.token == token
 
-    def _put(self, key: str, record: tuple[ClaimState, str, float, dict[str, Any] | None]) -> None:
+    def _put(self, key: str, record: _Record) -> None:
         self._records[key] = record
         self._records.move_to_end(key)
         while len(self._records) > self.max_records:

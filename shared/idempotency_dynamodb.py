@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 
 KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"
-_NAMES = {"#key": KEY_ATTRIBUTE, "#expires": TTL_ATTRIBUTE, "#state": "state", "#token": "token", "#result": "result"}
+_NAMES = {
+    "#key": KEY_ATTRIBUTE,
+    "#expires": TTL_ATTRIBUTE,
+    "#state": "state",
+    "#token": "token",
+    "#result": "result",
+    "#posting": "posting",
+}
 # Errors that no retry fixes: the table or the permission is missing, or the request is wrong.
 _FINAL = {
     "AccessDeniedException": "unauthorized",
@@ -60,12 +67,13 @@ class DynamoDbStore:
             TTL_ATTRIBUTE: {"N": str(math.ceil(now + in_progress_ttl_s))},
         }
         try:
-            await self._call(
+            answer = await self._call(
                 "put_item",
                 Item=item,
                 ConditionExpression="attribute_not_exists(#key) OR #expires <= :now",
                 ExpressionAttributeNames=_names("#key", "#expires"),
                 ExpressionAttributeValues={":now": {"N": str(math.floor(now))}},
+                ReturnValues="ALL_OLD",  # an expired record taken over: was its owner posting?
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as live:
@@ -73,7 +81,22 @@ class DynamoDbStore:
                 return Claim(ClaimState.COMPLETE, result=json.loads(live.item.get("result", {}).get("S", "null")))
             expires = float(live.item.get(TTL_ATTRIBUTE, {}).get("N", now + 1))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires - now)
-        return Claim(ClaimState.NEW, token=token)
+        old = answer.get("Attributes", {})
+        after_posting = old.get("state", {}).get("S") == "in_progress" and old.get("posting", {}).get("BOOL", False)
+        return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
+
+    async def posting(self, key: str, token: str) -> None:
+        try:
+            await self._call(
+                "update_item",
+                Key={KEY_ATTRIBUTE: {"S": key}},
+                UpdateExpression="SET #posting = :true",
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames=_names("#posting", "#token"),
+                ExpressionAttributeValues={":true": {"BOOL": True}, ":token": {"S": token}},
+            )
+        except _ConditionFailed:
+            pass  # no longer ours: it expired and another run took it over
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         try:

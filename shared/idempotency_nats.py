@@ -45,19 +45,27 @@ class NatsKvStore:
         async with _unavailable_as_dependency_error():
             return await self._claim(key, in_progress_ttl_s)
 
+    async def posting(self, key: str, token: str) -> None:
+        async with _unavailable_as_dependency_error():
+            kv, name = await self._kv(), _name(key)
+            owned = await self._owned(kv, name, token)
+            if owned is not None:
+                revision, current = owned
+                await kv.update(name, json.dumps({**current, "posting": True}).encode(), last=revision)
+
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         async with _unavailable_as_dependency_error():
             kv, name = await self._kv(), _name(key)
-            revision = await self._owned_revision(kv, name, token)
-            if revision is not None:
-                await kv.update(name, _encode("complete", token, ttl_s, result), last=revision)
+            owned = await self._owned(kv, name, token)
+            if owned is not None:
+                await kv.update(name, _encode("complete", token, ttl_s, result), last=owned[0])
 
     async def release(self, key: str, token: str) -> None:
         async with _unavailable_as_dependency_error():
             kv, name = await self._kv(), _name(key)
-            revision = await self._owned_revision(kv, name, token)
-            if revision is not None:
-                await kv.delete(name, last=revision)
+            owned = await self._owned(kv, name, token)
+            if owned is not None:
+                await kv.delete(name, last=owned[0])
 
     async def _claim(self, key: str, in_progress_ttl_s: float) -> Claim:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -86,7 +94,8 @@ class NatsKvStore:
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires_in_s)
         try:  # expired: take it over, unless someone else just did
             await kv.update(name, record, last=entry.revision)
-            return Claim(ClaimState.NEW, token=token)
+            after_posting = current.get("state") == "in_progress" and bool(current.get("posting"))
+            return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
         except KeyWrongLastSequenceError:
             return Claim(ClaimState.IN_PROGRESS)
 
@@ -95,14 +104,16 @@ class NatsKvStore:
         if task is not None and task.done() and not task.exception():
             await task.result()[0].drain()
 
-    async def _owned_revision(self, kv: KeyValue, name: str, token: str) -> int | None:
+    async def _owned(self, kv: KeyValue, name: str, token: str) -> tuple[int, dict[str, Any]] | None:
+        """The record's revision and content, when ``token`` owns it."""
         from nats.js.errors import KeyNotFoundError
 
         try:
             entry = await kv.get(name)
         except KeyNotFoundError:
             return None
-        return entry.revision if json.loads(entry.value or b"{}").get("token") == token else None
+        current = json.loads(entry.value or b"{}")
+        return (entry.revision, current) if current.get("token") == token else None
 
     async def _kv(self) -> KeyValue:
         loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """JSON on the hot path: orjson (ten to twenty times the stdlib's speed on our bodies), with the
-stdlib's answer for the few values orjson refuses (non-string keys, integers past 64 bits, lone
-surrogates), so nothing that encoded before fails now."""
+stdlib's answer for what orjson refuses (non-string keys, integers past 64 bits, lone surrogates,
+NaN, a byte-order mark), so nothing that encoded or decoded before fails now. One loss remains:
+orjson reads an integer past 64 bits as a float."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Any
 
 import orjson
 
-loads = orjson.loads  # raises a ValueError (orjson.JSONDecodeError) on bad input, as json.loads does
+
+def loads(data: bytes | str) -> Any:
+    """Raises a ValueError on what is not JSON, as json.loads does."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # e.g. a service that cut an emoji in half: the stdlib reads it
 
 
 def dumps(value: Any, *, default: Any = None) -> bytes:

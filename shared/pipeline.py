@@ -60,6 +60,7 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 key = record_key(inv.agent_id, payload.schedule_key())
                 asked = payload.instruction or summary.REQUEST.get(blueprint.language or "en", summary.REQUEST["en"])
                 final = {"role": "user", "content": asked[: cfg.runtime.max_text_chars]}
+                since = []
             else:
                 trigger = find_trigger(history, str(payload.message_id or "") or None, payload.matrix_event_id)
                 if trigger is None:
@@ -71,7 +72,8 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 key = record_key(inv.agent_id, trigger.id)
                 asked = trigger.text
                 final = prompt.turn(trigger, inv.agent_id, cfg.runtime.max_text_chars)
-                history = history[: history.index(trigger)]
+                at = history.index(trigger)
+                history, since = history[:at], history[at + 1 :]
 
             # 3. Claim it: exactly one reply per human message, one run per schedule firing.
             with run.step("idempotency"):
@@ -91,6 +93,16 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 )
                 return run.failed("idempotency", busy)
             run.claim = (key, claim.token)
+            if claim.after_posting:
+                # The run before this one died (or lost the store) while posting. Its reply is in
+                # the channel if the agent spoke after the trigger; a schedule's cannot be told
+                # apart, so it is not posted again either: never two replies.
+                earlier = next((m for m in since if m.sender_id == inv.agent_id), None)
+                if earlier is not None or trigger is None:
+                    run.outcome.message_id = earlier.id if earlier else None
+                    run.outcome.notes.append("recovered: an earlier run posted before it stopped")
+                    await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)
+                    return run.skipped("duplicate")
 
             # 4. Query memory with what is asked (optional: the run goes on without it).
             memory = []
@@ -159,7 +171,10 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
             reply = completion.text or mock_llm.reply(asked, blueprint.name)
             reply = reply[: cfg.runtime.max_reply_chars]
 
-            # 7. Post the reply into the channel.
+            # 7. Post the reply into the channel, once the record says so: a run that takes over
+            #    after a crash then knows a reply may be out.
+            with run.step("idempotency"):
+                await rt.idempotency.posting(key, claim.token)
             run.posting = True
             with run.step("post"):
                 run.outcome.message_id = await rt.messaging.post(inv.agent_id, channel_id, reply, deadline)

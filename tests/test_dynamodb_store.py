@@ -56,6 +56,23 @@ async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(store, 
     assert (await store.claim(KEY, 120)).result == {"message_id": "m-2"}
 
 
+async def test_taking_over_a_claim_whose_owner_began_posting_says_so(store, clock):
+    other = KEY.replace("6f1c", "0000")
+    crashed = await store.claim(KEY, 120)
+    await store.posting(KEY, crashed.token)
+    quiet = await store.claim(other, 120)
+    await store.posting(other, "not-the-owner")  # ignored
+    clock.advance(121)
+
+    taken = await store.claim(KEY, 120)
+    assert taken.state is ClaimState.NEW and taken.after_posting is True
+    assert quiet.token and (await store.claim(other, 120)).after_posting is False
+    # the marker belongs to the crashed owner's record, not to the new one
+    await store.complete(KEY, taken.token, {"message_id": "m-1"}, 3600)
+    clock.advance(3601)
+    assert (await store.claim(KEY, 120)).after_posting is False
+
+
 async def test_release_frees_the_record_for_its_owner_only(store):
     claim = await store.claim(KEY, 120)
     await store.release(KEY, "someone-else")

@@ -53,6 +53,20 @@ async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(stores)
     assert (await first.claim("agent:sofia/m3", 60)).state is ClaimState.IN_PROGRESS
 
 
+async def test_taking_over_a_claim_whose_owner_began_posting_says_so(stores):
+    first, second = stores
+    quiet = await first.claim("agent:sofia/m5", 0.05)
+    posting = await first.claim("agent:sofia/m6", 0.05)
+    await first.posting("agent:sofia/m6", posting.token)
+    await second.posting("agent:sofia/m5", "not-the-owner")  # ignored
+    await asyncio.sleep(0.1)  # both expire
+
+    assert (await second.claim("agent:sofia/m5", 60)).after_posting is False
+    taken = await second.claim("agent:sofia/m6", 60)
+    assert taken.state is ClaimState.NEW and taken.after_posting is True
+    assert quiet.token and (await first.claim("agent:sofia/m6", 60)).state is ClaimState.IN_PROGRESS
+
+
 async def test_nats_down_is_a_retryable_dependency_error(nats_server):
     store = NatsKvStore([f"nats://127.0.0.1:{free_port()}"], "idem_test", 3600)
     with pytest.raises(DependencyError) as failure:

@@ -244,6 +244,56 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
 
 
+async def _crashed_while_posting(channel: str, message_id: str) -> None:
+    """What a worker killed in the middle of posting leaves: a marked claim that then expires."""
+    store = runtime.get().idempotency
+    key = record_key("agent:sofia", message_id)
+    crashed = await store.claim(key, 0.05)
+    await store.posting(key, crashed.token)
+    await asyncio.sleep(0.1)  # the in-progress record expires (the wait is the behaviour under test)
+
+
+async def test_a_run_that_died_after_its_post_landed_is_not_answered_twice(stack, client):
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    await _crashed_while_posting(channel, message["id"])
+    earlier = stack.messaging.add_message(
+        channel, "the crashed run's reply", sender_id="agent:sofia", sender_type="agent"
+    )
+
+    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
+    again = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
+
+    assert outcome["status"] == "skipped" and outcome["reason"] == "duplicate"
+    assert outcome["message_id"] == earlier["id"] and any(n.startswith("recovered") for n in outcome["notes"])
+    assert again["status"] == "skipped" and again["message_id"] == earlier["id"]  # the record is complete now
+    assert stack.messaging.replies_to(channel) == [] and stack.llm.requests == []
+
+
+async def test_a_run_that_died_before_its_post_landed_is_answered(stack, client):
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    await _crashed_while_posting(channel, message["id"])
+    stack.messaging.add_message(channel, "a later question", sender_id="user:bob")
+
+    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
+
+    assert outcome["status"] == "replied"
+    assert [p["text"] for p in stack.messaging.replies_to(channel)] == ["LLM reply to: hello"]
+
+
+async def test_a_claim_that_expired_before_posting_is_answered_whatever_the_channel_says(stack, client):
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    await runtime.get().idempotency.claim(record_key("agent:sofia", message["id"]), 0.05)  # died in the LLM call
+    await asyncio.sleep(0.1)
+    stack.messaging.add_message(channel, "an answer to someone else", sender_id="agent:sofia", sender_type="agent")
+
+    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
+
+    assert outcome["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
+
+
 async def test_a_gateway_error_on_post_is_never_sent_again(stack, client):
     stack.messaging.faults.set("post", Fault(status=504, times=1))  # a proxy lost the upstream mid-request
     channel = stack.channel()

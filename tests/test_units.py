@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -104,3 +106,18 @@ def test_trigger_rule():
     assert find_trigger(history, None, None).id == "m2"  # the newest human message
     assert find_trigger(history, "missing", "$e2") is None  # a named id that is absent is not guessed
     assert find_trigger([], None, None) is None
+
+
+def test_json_codec_reads_and_writes_what_the_stdlib_did():
+    from shared import jsoncodec
+
+    # a service that cut an emoji in half, NaN, a byte-order mark: orjson refuses, the stdlib reads them
+    assert jsoncodec.loads(b'["nice \\ud83d"]') == ["nice \ud83d"]
+    assert math.isnan(jsoncodec.loads("NaN"))
+    assert jsoncodec.loads('\ufeff{"a": 1}'.encode()) == {"a": 1}
+    with pytest.raises(ValueError):
+        jsoncodec.loads(b"{not json")
+    # non-string keys and lone surrogates: valid JSON bytes either way
+    assert json.loads(jsoncodec.dumps({1: "x"})) == {"1": "x"}
+    assert json.loads(jsoncodec.dumps({"t": "a\ud800b"})) == {"t": "a\ud800b"}
+    assert jsoncodec.dumps({"t": "привіт"}) == '{"t":"привіт"}'.encode()
