@@ -32,6 +32,10 @@ class NatsKvStore:
         self.max_age_s = max_age_s
         # one connection per event loop, made by the first caller on that loop
         self._conns: dict[asyncio.AbstractEventLoop, asyncio.Task[tuple[Client, KeyValue]]] = {}
+        # the claims this process owns: (key name, token) -> (revision, record) of its last write.
+        # Later writes are compare-and-set on that revision: no read first, and a record someone
+        # took over since is left alone. An entry lives from claim to complete or release.
+        self._owned: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
 
     @classmethod
     def from_settings(cls, s: Settings) -> NatsKvStore:
@@ -46,35 +50,55 @@ class NatsKvStore:
             return await self._claim(key, in_progress_ttl_s)
 
     async def posting(self, key: str, token: str) -> None:
-        async with _unavailable_as_dependency_error():
-            kv, name = await self._kv(), _name(key)
-            owned = await self._owned(kv, name, token)
-            if owned is not None:
-                revision, current = owned
-                await kv.update(name, json.dumps({**current, "posting": True}).encode(), last=revision)
+        mine = self._owned.get((_name(key), token))
+        if mine is not None:
+            await self._write(_name(key), token, {**mine[1], "posting": True})
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
-        async with _unavailable_as_dependency_error():
-            kv, name = await self._kv(), _name(key)
-            owned = await self._owned(kv, name, token)
-            if owned is not None:
-                await kv.update(name, _encode("complete", token, ttl_s, result), last=owned[0])
+        await self._write(_name(key), token, _record("complete", token, ttl_s, result), last_write=True)
 
     async def release(self, key: str, token: str) -> None:
+        from nats.js.errors import APIError
+
+        mine = self._owned.pop((_name(key), token), None)
+        if mine is None:
+            return
         async with _unavailable_as_dependency_error():
-            kv, name = await self._kv(), _name(key)
-            owned = await self._owned(kv, name, token)
-            if owned is not None:
-                await kv.delete(name, last=owned[0])
+            kv = await self._kv()
+            try:
+                await kv.delete(_name(key), last=mine[0])
+            except APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise  # else taken over since: not ours to free
+
+    async def _write(self, name: str, token: str, record: dict[str, Any], *, last_write: bool = False) -> None:
+        """Replace the record this process owns, unless it was taken over since."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        mine = self._owned.get((name, token))
+        if mine is None:
+            return
+        try:
+            async with _unavailable_as_dependency_error():
+                kv = await self._kv()
+                try:
+                    revision = await kv.update(name, json.dumps(record).encode(), last=mine[0])
+                except KeyWrongLastSequenceError:
+                    last_write = True  # taken over since: nothing of it is ours any more
+                    return
+            self._owned[(name, token)] = (revision, record)
+        finally:
+            if last_write:
+                self._owned.pop((name, token), None)
 
     async def _claim(self, key: str, in_progress_ttl_s: float) -> Claim:
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         kv, name = await self._kv(), _name(key)
         token = new_token()
-        record = _encode("in_progress", token, in_progress_ttl_s)
+        record = _record("in_progress", token, in_progress_ttl_s)
         try:
-            await kv.create(name, record)
+            self._owned[(name, token)] = (await kv.create(name, json.dumps(record).encode()), record)
             return Claim(ClaimState.NEW, token=token)
         except KeyWrongLastSequenceError:
             pass
@@ -82,7 +106,7 @@ class NatsKvStore:
             entry = await kv.get(name)
         except KeyNotFoundError:  # released in between: one more try to create
             try:
-                await kv.create(name, record)
+                self._owned[(name, token)] = (await kv.create(name, json.dumps(record).encode()), record)
                 return Claim(ClaimState.NEW, token=token)
             except KeyWrongLastSequenceError:
                 return Claim(ClaimState.IN_PROGRESS)
@@ -93,7 +117,10 @@ class NatsKvStore:
                 return Claim(ClaimState.COMPLETE, result=current.get("result"))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires_in_s)
         try:  # expired: take it over, unless someone else just did
-            await kv.update(name, record, last=entry.revision)
+            self._owned[(name, token)] = (
+                await kv.update(name, json.dumps(record).encode(), last=entry.revision),
+                record,
+            )
             after_posting = current.get("state") == "in_progress" and bool(current.get("posting"))
             return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
         except KeyWrongLastSequenceError:
@@ -103,17 +130,6 @@ class NatsKvStore:
         task = self._conns.pop(asyncio.get_running_loop(), None)
         if task is not None and task.done() and not task.exception():
             await task.result()[0].drain()
-
-    async def _owned(self, kv: KeyValue, name: str, token: str) -> tuple[int, dict[str, Any]] | None:
-        """The record's revision and content, when ``token`` owns it."""
-        from nats.js.errors import KeyNotFoundError
-
-        try:
-            entry = await kv.get(name)
-        except KeyNotFoundError:
-            return None
-        current = json.loads(entry.value or b"{}")
-        return (entry.revision, current) if current.get("token") == token else None
 
     async def _kv(self) -> KeyValue:
         loop = asyncio.get_running_loop()
@@ -156,10 +172,13 @@ async def _unavailable_as_dependency_error() -> AsyncIterator[None]:
         raise DependencyError("idempotency", "unavailable", f"NATS KV: {type(exc).__name__}", retryable=True) from None
 
 
+_WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "the record changed since that revision"
+
+
 def _name(key: str) -> str:
     # KV keys allow only [-/_=.a-zA-Z0-9]; agent ids carry ':' and message ids are free text
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _encode(state: str, token: str, ttl_s: float, result: dict[str, Any] | None = None) -> bytes:
-    return json.dumps({"state": state, "token": token, "expires_at": time.time() + ttl_s, "result": result}).encode()
+def _record(state: str, token: str, ttl_s: float, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"state": state, "token": token, "expires_at": time.time() + ttl_s, "result": result}

@@ -53,6 +53,21 @@ async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(stores)
     assert (await first.claim("agent:sofia/m3", 60)).state is ClaimState.IN_PROGRESS
 
 
+async def test_an_old_owner_neither_marks_nor_frees_a_record_taken_over(stores):
+    first, second = stores
+    crashed = await first.claim("agent:sofia/m7", 0.05)
+    await asyncio.sleep(0.1)
+    taken = await second.claim("agent:sofia/m7", 60)
+
+    await first.posting("agent:sofia/m7", crashed.token)  # compare-and-set on a stale revision: nothing
+    await first.release("agent:sofia/m7", crashed.token)
+
+    assert (await first.claim("agent:sofia/m7", 60)).state is ClaimState.IN_PROGRESS
+    await second.complete("agent:sofia/m7", taken.token, {"message_id": "r7"}, 3600)
+    assert (await first.claim("agent:sofia/m7", 60)).result == {"message_id": "r7"}
+    assert first._owned == {} and second._owned == {}  # nothing kept past complete or release
+
+
 async def test_taking_over_a_claim_whose_owner_began_posting_says_so(stores):
     first, second = stores
     quiet = await first.claim("agent:sofia/m5", 0.05)
