@@ -1,7 +1,7 @@
 """The agent runtime's benchmark suite: one command, one table.
 
-    .venv/bin/python bench/run.py            # the full suite (≈ 2–3 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # fewer invocations (≈ 1 minute)
+    .venv/bin/python bench/run.py            # the full suite (≈ 40 seconds on 2 cores)
+    .venv/bin/python bench/run.py --quick    # fewer invocations (≈ 20 seconds)
 
 Fake dependencies (bench/fakes.py) run as real HTTP servers on loopback, each in a process of
 its own. Every figure is printed beside the reference it is judged against, measured in the same
@@ -256,15 +256,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def floor_and_invoke(fakes: Fakes, base: str, worker: int, n: int, rounds: int) -> tuple[dict, dict]:
-    """The floor and POST /invoke in alternating rounds of n / rounds invocations each.
+async def floor_and_invoke(fakes: Fakes, base: str, worker: int, each: int, rounds: int) -> tuple[dict, dict]:
+    """The floor and POST /invoke in alternating rounds of ``each`` invocations.
 
     This machine's speed drifts by a third within a minute (other tenants): two figures taken a
     minute apart would measure the drift as much as the runtime. Each invoke round is judged
     against the floor round just before it; the ratio reported is the median of those.
     """
     failures: list[str] = []
-    each = max(100, n // rounds)
     floor_rates, invoke_rates, floor_latencies, invoke_latencies = [], [], [], []
     floor_cpu = invoke_cpu = 0.0
     async with pooled_session() as s:
@@ -437,8 +436,8 @@ async def suite(args: argparse.Namespace) -> int:
     procs = Processes()
     fakes = Fakes(procs)
     rows: list[Row] = []
-    n, n_bridge, n_slow = (1000, 1000, 1000) if args.quick else (args.invocations, args.invocations, 2000)
-    rounds = 4 if args.quick else args.rounds
+    n_bridge, n_slow = (1000, 1000) if args.quick else (args.invocations, 2000)
+    rounds, each = (4, 250) if args.quick else (args.rounds, args.round_size)
     ok = True
     try:
         for name in ("messaging", "memory", "llm"):
@@ -447,8 +446,8 @@ async def suite(args: argparse.Namespace) -> int:
         function, base = await serve_function(procs, fakes.env())
         worker = (children(function.pid) or [function.pid])[0]
         idle_mb = memory_mb(worker)
-        say(f"1./2. floor and POST /invoke, {rounds} alternating rounds, concurrency {CONCURRENCY} …")
-        fl, inv = await floor_and_invoke(fakes, base, worker, n, rounds)
+        say(f"1./2. floor and POST /invoke, {rounds} alternating rounds of {each}, concurrency {CONCURRENCY} …")
+        fl, inv = await floor_and_invoke(fakes, base, worker, each, rounds)
         loaded_mb = memory_mb(worker)
         per_invocation_ms = fl["p50"] * 1000
         rows.append(
@@ -606,7 +605,7 @@ async def suite(args: argparse.Namespace) -> int:
         )
 
         rows.append(Row("6. function worker RSS, idle (after /health)", f"{idle_mb:.0f} MB"))
-        rows.append(Row(f"   after {n} invocations", f"{loaded_mb:.0f} MB"))
+        rows.append(Row(f"   after {rounds * each} invocations", f"{loaded_mb:.0f} MB"))
         rows.append(Row("   peak, 256 in flight on a slow LLM", f"{function_peak_mb:.0f} MB"))
     finally:
         procs.stop_all()
@@ -618,8 +617,9 @@ async def suite(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer invocations and runs")
-    ap.add_argument("--invocations", type=int, default=3000, help="for the floor, invoke and bridge runs")
-    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds of the floor and invoke")
+    ap.add_argument("--invocations", type=int, default=3000, help="for each bridge run")
+    ap.add_argument("--rounds", type=int, default=12, help="alternating rounds of the floor and invoke")
+    ap.add_argument("--round-size", type=int, default=500, help="invocations in each of those rounds")
     ap.add_argument("--no-workers2", dest="workers2", action="store_false", help="skip the WORKERS=2 slow-LLM run")
     args = ap.parse_args()
     import uvloop
