@@ -3,13 +3,15 @@
 A record moves in-progress → complete. A claim on a complete record answers its result; on a
 live in-progress one, ``IN_PROGRESS``. An in-progress record expires, so a crashed worker's
 invocation runs again; a failed run releases its record, so a retry can run. Just before it
-posts, the owner marks its record: a run that takes over an expired record so marked learns that
-a reply may already be in the channel (``Claim.after_posting``), since a post is not idempotent.
+posts, the owner marks its record: a run that takes over an expired record so marked learns which
+reply may already be in the channel (``Claim.posted``, a digest of it), since a post is not
+idempotent.
 Backends share this interface: in-process here, NATS KV and DynamoDB elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from collections import OrderedDict
@@ -33,14 +35,16 @@ class Claim:
     # again; a retry then answers even if its owner crashed.
     expires_in_s: float = 1.0
     # NEW over an expired record whose owner had begun to post (and then died, or lost the store):
-    # its reply may be in the channel, and a post is not idempotent.
-    after_posting: bool = False
+    # the digest (reply_digest) of the reply that may be in the channel.
+    posted: str | None = None
 
 
 class IdempotencyStore(Protocol):
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim: ...
-    async def posting(self, key: str, token: str) -> None:
-        """The owner is about to post: whoever takes the record over after it expires is told so."""
+    async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
+        """The owner is about to post the reply with this digest: whoever takes the record over
+        after it expires is told so. Renews the claim for ``ttl_s``. False, and nothing written,
+        when the claim has expired or was taken over: the caller must not post then."""
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None: ...
     async def release(self, key: str, token: str) -> None: ...
@@ -49,6 +53,15 @@ class IdempotencyStore(Protocol):
 def new_token() -> str:
     """Proof of owning a claim: random, and cheaper than a UUID object."""
     return secrets.token_hex(16)
+
+
+def reply_digest(text: str) -> str:
+    """What a marked record remembers of a reply: enough to recognise it in the channel's history
+    (the service may shorten long texts there), never the text itself."""
+    return hashlib.sha256(text.strip()[:REPLY_PREFIX].encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+REPLY_PREFIX = 64  # characters of a reply its digest covers
 
 
 def record_key(agent_id: str, message_id: str) -> str:
@@ -60,7 +73,7 @@ class _Record(NamedTuple):
     token: str
     expires_at: float  # time.monotonic()
     result: dict[str, Any] | None = None
-    posting: bool = False  # the owner began to post
+    posting: str | None = None  # the owner began to post the reply with this digest
 
 
 class InProcessStore:
@@ -77,12 +90,15 @@ class InProcessStore:
             return Claim(record.state, result=record.result, expires_in_s=record.expires_at - now)
         token = new_token()
         self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s))
-        after_posting = record is not None and record.state is ClaimState.IN_PROGRESS and record.posting
-        return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
+        posted = record.posting if record is not None and record.state is ClaimState.IN_PROGRESS else None
+        return Claim(ClaimState.NEW, token=token, posted=posted)
 
-    async def posting(self, key: str, token: str) -> None:
-        if self._owned(key, token):
-            self._records[key] = self._records[key]._replace(posting=True)
+    async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
+        now = time.monotonic()
+        if not self._owned(key, token) or self._records[key].expires_at <= now:
+            return False
+        self._records[key] = self._records[key]._replace(posting=digest, expires_at=now + ttl_s)
+        return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         if self._owned(key, token):

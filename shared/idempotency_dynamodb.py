@@ -25,10 +25,15 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 KEY_ATTRIBUTE = "key"
-TTL_ATTRIBUTE = "expires_at"
+TTL_ATTRIBUTE = "expires_at"  # when DynamoDB may delete the item (the template's TimeToLiveSpecification)
+LIVE_ATTRIBUTE = "live_until"  # when the record stops counting: the claims compare this one
+# An expired in-progress record outlives its expiry by this long: the run that takes it over must
+# still find it, and read whether its owner was posting, when DynamoDB's TTL sweep comes early.
+IN_PROGRESS_GRACE_S = 24 * 3600
 _NAMES = {
     "#key": KEY_ATTRIBUTE,
     "#expires": TTL_ATTRIBUTE,
+    "#live": LIVE_ATTRIBUTE,
     "#state": "state",
     "#token": "token",
     "#result": "result",
@@ -64,51 +69,61 @@ class DynamoDbStore:
             KEY_ATTRIBUTE: {"S": key},
             "state": {"S": "in_progress"},
             "token": {"S": token},
-            TTL_ATTRIBUTE: {"N": str(math.ceil(now + in_progress_ttl_s))},
+            LIVE_ATTRIBUTE: {"N": str(now + in_progress_ttl_s)},
+            TTL_ATTRIBUTE: {"N": str(math.ceil(now + in_progress_ttl_s + IN_PROGRESS_GRACE_S))},
         }
         try:
             answer = await self._call(
                 "put_item",
                 Item=item,
-                ConditionExpression="attribute_not_exists(#key) OR #expires <= :now",
-                ExpressionAttributeNames=_names("#key", "#expires"),
-                ExpressionAttributeValues={":now": {"N": str(math.floor(now))}},
+                ConditionExpression="attribute_not_exists(#key) OR #live <= :now",
+                ExpressionAttributeNames=_names("#key", "#live"),
+                ExpressionAttributeValues={":now": {"N": str(now)}},
                 ReturnValues="ALL_OLD",  # an expired record taken over: was its owner posting?
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except _ConditionFailed as live:
             if live.item.get("state", {}).get("S") == "complete":
                 return Claim(ClaimState.COMPLETE, result=json.loads(live.item.get("result", {}).get("S", "null")))
-            expires = float(live.item.get(TTL_ATTRIBUTE, {}).get("N", now + 1))
+            expires = float(live.item.get(LIVE_ATTRIBUTE, {}).get("N", now + 1))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires - now)
         old = answer.get("Attributes", {})
-        after_posting = old.get("state", {}).get("S") == "in_progress" and old.get("posting", {}).get("BOOL", False)
-        return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
+        posted = old.get("posting", {}).get("S") if old.get("state", {}).get("S") == "in_progress" else None
+        return Claim(ClaimState.NEW, token=token, posted=posted)
 
-    async def posting(self, key: str, token: str) -> None:
+    async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
+        now = self._clock()
         try:
             await self._call(
                 "update_item",
                 Key={KEY_ATTRIBUTE: {"S": key}},
-                UpdateExpression="SET #posting = :true",
-                ConditionExpression="#token = :token",
-                ExpressionAttributeNames=_names("#posting", "#token"),
-                ExpressionAttributeValues={":true": {"BOOL": True}, ":token": {"S": token}},
+                UpdateExpression="SET #posting = :digest, #live = :live, #expires = :expires",
+                ConditionExpression="#token = :token AND #live > :now",
+                ExpressionAttributeNames=_names("#posting", "#live", "#expires", "#token"),
+                ExpressionAttributeValues={
+                    ":digest": {"S": digest},
+                    ":live": {"N": str(now + ttl_s)},
+                    ":expires": {"N": str(math.ceil(now + ttl_s + IN_PROGRESS_GRACE_S))},
+                    ":token": {"S": token},
+                    ":now": {"N": str(now)},
+                },
             )
         except _ConditionFailed:
-            pass  # no longer ours: it expired and another run took it over
+            return False  # expired, or taken over: not ours to post for
+        return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         try:
             await self._call(
                 "update_item",
                 Key={KEY_ATTRIBUTE: {"S": key}},
-                UpdateExpression="SET #state = :complete, #result = :result, #expires = :expires",
+                UpdateExpression="SET #state = :complete, #result = :result, #live = :live, #expires = :expires",
                 ConditionExpression="#token = :token",
-                ExpressionAttributeNames=_names("#state", "#result", "#expires", "#token"),
+                ExpressionAttributeNames=_names("#state", "#result", "#live", "#expires", "#token"),
                 ExpressionAttributeValues={
                     ":complete": {"S": "complete"},
                     ":result": {"S": json.dumps(result)},
+                    ":live": {"N": str(self._clock() + ttl_s)},
                     ":expires": {"N": str(math.ceil(self._clock() + ttl_s))},
                     ":token": {"S": token},
                 },

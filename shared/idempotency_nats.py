@@ -49,10 +49,12 @@ class NatsKvStore:
         async with _unavailable_as_dependency_error():
             return await self._claim(key, in_progress_ttl_s)
 
-    async def posting(self, key: str, token: str) -> None:
+    async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         mine = self._owned.get((_name(key), token))
-        if mine is not None:
-            await self._write(_name(key), token, {**mine[1], "posting": True})
+        if mine is None or mine[1]["expires_at"] <= time.time():
+            return False  # expired: someone may take it over at any moment (release still frees it)
+        renewed = {**mine[1], "posting": digest, "expires_at": time.time() + ttl_s}
+        return await self._write(_name(key), token, renewed)
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
         await self._write(_name(key), token, _record("complete", token, ttl_s, result), last_write=True)
@@ -71,13 +73,13 @@ class NatsKvStore:
                 if exc.err_code not in _WRONG_LAST_SEQUENCE:
                     raise  # else taken over since: not ours to free
 
-    async def _write(self, name: str, token: str, record: dict[str, Any], *, last_write: bool = False) -> None:
-        """Replace the record this process owns, unless it was taken over since."""
+    async def _write(self, name: str, token: str, record: dict[str, Any], *, last_write: bool = False) -> bool:
+        """Replace the record this process owns; False when it was taken over since."""
         from nats.js.errors import KeyWrongLastSequenceError
 
         mine = self._owned.get((name, token))
         if mine is None:
-            return
+            return False
         try:
             async with _unavailable_as_dependency_error():
                 kv = await self._kv()
@@ -85,8 +87,9 @@ class NatsKvStore:
                     revision = await kv.update(name, json.dumps(record).encode(), last=mine[0])
                 except KeyWrongLastSequenceError:
                     last_write = True  # taken over since: nothing of it is ours any more
-                    return
+                    return False
             self._owned[(name, token)] = (revision, record)
+            return True
         finally:
             if last_write:
                 self._owned.pop((name, token), None)
@@ -121,8 +124,8 @@ class NatsKvStore:
                 await kv.update(name, json.dumps(record).encode(), last=entry.revision),
                 record,
             )
-            after_posting = current.get("state") == "in_progress" and bool(current.get("posting"))
-            return Claim(ClaimState.NEW, token=token, after_posting=after_posting)
+            posted = current.get("posting") if current.get("state") == "in_progress" else None
+            return Claim(ClaimState.NEW, token=token, posted=posted if isinstance(posted, str) else None)
         except KeyWrongLastSequenceError:
             return Claim(ClaimState.IN_PROGRESS)
 

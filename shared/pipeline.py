@@ -11,7 +11,7 @@ from shared.budget import estimate
 from shared.contracts import ChannelMessage, Invocation, Outcome, SkipReason, Step
 from shared.deadline import Deadline
 from shared.http import DependencyError
-from shared.idempotency import ClaimState, record_key
+from shared.idempotency import ClaimState, record_key, reply_digest
 from shared.llm import ChatRequest, Completion
 from shared.observability import StepTimer, log_outcome
 from shared.runtime import Runtime
@@ -93,14 +93,20 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 )
                 return run.failed("idempotency", busy)
             run.claim = (key, claim.token)
-            if claim.after_posting:
+            if claim.posted is not None:
                 # The run before this one died (or lost the store) while posting. Its reply is in
-                # the channel if the agent spoke after the trigger; a schedule's cannot be told
-                # apart, so it is not posted again either: never two replies.
-                earlier = next((m for m in since if m.sender_id == inv.agent_id), None)
+                # the channel if the agent said it after the trigger; a schedule's run has no
+                # trigger to look after, so it is not posted again: never two replies.
+                earlier = next(
+                    (m for m in since if m.sender_id == inv.agent_id and reply_digest(m.text) == claim.posted), None
+                )
                 if earlier is not None or trigger is None:
                     run.outcome.message_id = earlier.id if earlier else None
-                    run.outcome.notes.append("recovered: an earlier run posted before it stopped")
+                    run.outcome.notes.append(
+                        "recovered: an earlier run posted this reply"
+                        if earlier
+                        else "recovered: an earlier run may have posted"
+                    )
                     await run.complete(rt, cfg.runtime.idempotency_complete_ttl_s)
                     return run.skipped("duplicate")
 
@@ -174,7 +180,19 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
             # 7. Post the reply into the channel, once the record says so: a run that takes over
             #    after a crash then knows a reply may be out.
             with run.step("idempotency"):
-                await rt.idempotency.posting(key, claim.token)
+                ours = await rt.idempotency.posting(
+                    key, claim.token, cfg.runtime.idempotency_in_progress_ttl_s, reply_digest(reply)
+                )
+            if not ours:  # the claim expired (a stall longer than its TTL): another run may answer now
+                run.claim = None
+                lost = DependencyError(
+                    "runtime",
+                    "in_progress",
+                    "the claim expired before the reply was posted; a retry answers or finds it answered",
+                    retryable=True,
+                    retry_after=1.0,
+                )
+                return run.failed("idempotency", lost)
             run.posting = True
             with run.step("post"):
                 run.outcome.message_id = await rt.messaging.post(inv.agent_id, channel_id, reply, deadline)

@@ -8,7 +8,7 @@ import pytest
 from shared import runtime, settings
 from shared.http import DependencyError
 from shared.idempotency import ClaimState
-from shared.idempotency_dynamodb import TTL_ATTRIBUTE, DynamoDbStore
+from shared.idempotency_dynamodb import IN_PROGRESS_GRACE_S, TTL_ATTRIBUTE, DynamoDbStore
 from tests.aws import Clock, create_table, mocked_aws, properties
 
 KEY = "agent:sofia/6f1c5c1e-6b43-4c4e-9c53-5f8a4c1f2d10"
@@ -56,21 +56,25 @@ async def test_an_expired_claim_is_taken_over_and_the_old_owner_loses_it(store, 
     assert (await store.claim(KEY, 120)).result == {"message_id": "m-2"}
 
 
-async def test_taking_over_a_claim_whose_owner_began_posting_says_so(store, clock):
+async def test_taking_over_a_claim_whose_owner_began_posting_says_which_reply(store, clock):
     other = KEY.replace("6f1c", "0000")
     crashed = await store.claim(KEY, 120)
-    await store.posting(KEY, crashed.token)
+    clock.advance(100)
+    assert await store.posting(KEY, crashed.token, 120, "digest-1")  # renewed: live 120 s from now
     quiet = await store.claim(other, 120)
-    await store.posting(other, "not-the-owner")  # ignored
-    clock.advance(121)
+    assert not await store.posting(other, "not-the-owner", 120, "digest-2")
+    clock.advance(100)
+    assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS  # the renewal holds
+    clock.advance(21)
 
+    assert not await store.posting(other, quiet.token, 120, "late")  # expired: the owner must not post
     taken = await store.claim(KEY, 120)
-    assert taken.state is ClaimState.NEW and taken.after_posting is True
-    assert quiet.token and (await store.claim(other, 120)).after_posting is False
+    assert taken.state is ClaimState.NEW and taken.posted == "digest-1"
+    assert (await store.claim(other, 120)).posted is None
     # the marker belongs to the crashed owner's record, not to the new one
     await store.complete(KEY, taken.token, {"message_id": "m-1"}, 3600)
     clock.advance(3601)
-    assert (await store.claim(KEY, 120)).after_posting is False
+    assert (await store.claim(KEY, 120)).posted is None
 
 
 async def test_release_frees_the_record_for_its_owner_only(store):
@@ -98,7 +102,9 @@ async def test_items_expire_through_the_templates_ttl_attribute(store, clock):
     claim = await store.claim(KEY, 120)
     client = boto3.client("dynamodb")
     item = client.get_item(TableName=store.table, Key={"key": {"S": KEY}}, ConsistentRead=True)["Item"]
-    assert item[TTL_ATTRIBUTE] == {"N": str(int(clock.now) + 120)}  # epoch seconds, as TTL requires
+    # epoch seconds, as TTL requires; an in-progress record outlives its expiry, so that the run
+    # taking it over still reads whether its owner was posting
+    assert item[TTL_ATTRIBUTE] == {"N": str(int(clock.now) + 120 + IN_PROGRESS_GRACE_S)}
 
     await store.complete(KEY, claim.token, {"message_id": "m-1"}, 7 * 24 * 3600)
     item = client.get_item(TableName=store.table, Key={"key": {"S": KEY}}, ConsistentRead=True)["Item"]

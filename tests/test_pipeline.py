@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared import runtime
-from shared.idempotency import record_key
+from shared.idempotency import record_key, reply_digest
 from standins.server import Fault
 from tests.conftest import invocation
 
@@ -244,19 +244,19 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
 
 
-async def _crashed_while_posting(channel: str, message_id: str) -> None:
-    """What a worker killed in the middle of posting leaves: a marked claim that then expires."""
+async def _crashed_while_posting(message_id: str, reply: str) -> None:
+    """What a worker killed in the middle of posting ``reply`` leaves: a marked claim that expires."""
     store = runtime.get().idempotency
     key = record_key("agent:sofia", message_id)
-    crashed = await store.claim(key, 0.05)
-    await store.posting(key, crashed.token)
+    crashed = await store.claim(key, 60)
+    assert await store.posting(key, crashed.token, 0.05, reply_digest(reply))
     await asyncio.sleep(0.1)  # the in-progress record expires (the wait is the behaviour under test)
 
 
 async def test_a_run_that_died_after_its_post_landed_is_not_answered_twice(stack, client):
     channel = stack.channel()
     message = stack.messaging.add_message(channel, "hello")
-    await _crashed_while_posting(channel, message["id"])
+    await _crashed_while_posting(message["id"], "the crashed run's reply")
     earlier = stack.messaging.add_message(
         channel, "the crashed run's reply", sender_id="agent:sofia", sender_type="agent"
     )
@@ -265,7 +265,7 @@ async def test_a_run_that_died_after_its_post_landed_is_not_answered_twice(stack
     again = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
 
     assert outcome["status"] == "skipped" and outcome["reason"] == "duplicate"
-    assert outcome["message_id"] == earlier["id"] and any(n.startswith("recovered") for n in outcome["notes"])
+    assert outcome["message_id"] == earlier["id"] and "recovered: an earlier run posted this reply" in outcome["notes"]
     assert again["status"] == "skipped" and again["message_id"] == earlier["id"]  # the record is complete now
     assert stack.messaging.replies_to(channel) == [] and stack.llm.requests == []
 
@@ -273,13 +273,70 @@ async def test_a_run_that_died_after_its_post_landed_is_not_answered_twice(stack
 async def test_a_run_that_died_before_its_post_landed_is_answered(stack, client):
     channel = stack.channel()
     message = stack.messaging.add_message(channel, "hello")
-    await _crashed_while_posting(channel, message["id"])
+    await _crashed_while_posting(message["id"], "the crashed run's reply")
     stack.messaging.add_message(channel, "a later question", sender_id="user:bob")
+    # the agent answered the later question meanwhile (another runner): not the lost reply
+    stack.messaging.add_message(channel, "an answer to bob", sender_id="agent:sofia", sender_type="agent")
 
     outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
 
     assert outcome["status"] == "replied"
     assert [p["text"] for p in stack.messaging.replies_to(channel)] == ["LLM reply to: hello"]
+
+
+async def _invoke_held_at(client, service, route: str, channel: str, message_id: str):
+    """Start invoking; return the task and the in-process store's record once ``route`` of the
+    stand-in ``service`` (delayed by the test) has been called."""
+    running = asyncio.create_task(client.post("/invoke", json=invocation(channel, message_id=message_id)))
+    while service.faults.calls.get(route, 0) == 0 and not running.done():
+        await asyncio.sleep(0.01)
+    return running, runtime.get().idempotency._records  # the in-process store's own table
+
+
+async def test_the_claim_is_marked_with_the_reply_before_the_post_is_sent(stack, client):
+    stack.messaging.faults.set("post", Fault(delay_s=0.5, times=1))
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    key = record_key("agent:sofia", message["id"])
+
+    running, records = await _invoke_held_at(client, stack.messaging, "post", channel, message["id"])
+    marked = records[key].posting  # read while the post is still on its way
+
+    assert (await running).json()["status"] == "replied"
+    assert marked == reply_digest("LLM reply to: hello")
+
+
+async def test_a_run_whose_claim_expired_before_posting_does_not_post(stack, client):
+    stack.llm.faults.set("proxy", Fault(delay_s=0.3, times=1))
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    key = record_key("agent:sofia", message["id"])
+
+    stalled, records = await _invoke_held_at(client, stack.llm, "proxy", channel, message["id"])
+    # the worker stalls past its claim's TTL (a paused VM, say): the record expires meanwhile
+    records[key] = records[key]._replace(expires_at=0.0)
+    stalled = await stalled
+    retried = await client.post("/invoke", json=invocation(channel, message_id=message["id"]))
+
+    assert stalled.status_code == 409 and stalled.json()["step"] == "idempotency"
+    assert retried.json()["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
+
+
+async def test_a_schedule_run_that_died_while_posting_is_not_posted_again(stack, client):
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "something to summarise")
+    cron = invocation(channel, entrypoint="cron")
+    cron["payload"].update(schedule_id="daily", fire_time="2025-01-01T09:00:00Z", instruction="Post the plan.")
+    store = runtime.get().idempotency
+    key = record_key("agent:sofia", "cron:daily@2025-01-01T09:00:00+00:00")
+    crashed = await store.claim(key, 60)
+    assert await store.posting(key, crashed.token, 0.05, reply_digest("whatever it was"))
+    await asyncio.sleep(0.1)
+
+    outcome = (await client.post("/invoke", json=cron)).json()
+
+    assert outcome["status"] == "skipped" and "recovered: an earlier run may have posted" in outcome["notes"]
+    assert stack.messaging.replies_to(channel) == []
 
 
 async def test_a_claim_that_expired_before_posting_is_answered_whatever_the_channel_says(stack, client):
