@@ -43,8 +43,9 @@ class IdempotencyStore(Protocol):
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim: ...
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         """The owner is about to post the reply with this digest: whoever takes the record over
-        after it expires is told so. Renews the claim for ``ttl_s``. False, and nothing written,
-        when the claim has expired or was taken over: the caller must not post then."""
+        after it expires is told so. Renews the claim for ``ttl_s`` (an expired claim that nobody
+        took over is still the owner's). False, and nothing written, when another run took the
+        record over: the caller must not post then."""
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None: ...
     async def release(self, key: str, token: str) -> None: ...
@@ -94,10 +95,9 @@ class InProcessStore:
         return Claim(ClaimState.NEW, token=token, posted=posted)
 
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
-        now = time.monotonic()
-        if not self._owned(key, token) or self._records[key].expires_at <= now:
+        if not self._owned(key, token):
             return False
-        self._records[key] = self._records[key]._replace(posting=digest, expires_at=now + ttl_s)
+        self._records[key] = self._records[key]._replace(posting=digest, expires_at=time.monotonic() + ttl_s)
         return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:

@@ -1,12 +1,13 @@
 """Idempotency records in a DynamoDB table, shared by every Lambda container.
 
-One item per record: ``key`` (the partition key), ``state``, ``token``, ``result`` (JSON) and
-``expires_at`` (epoch seconds). ``expires_at`` is the table's TTL attribute and also the logical
-expiry: DynamoDB deletes expired items only eventually, so every condition checks it as well.
-A claim is one conditional put (no item, or an expired one); when the condition fails, DynamoDB
-answers with the item that stopped it, so a claim never needs a second read. complete() and
-release() act only while the caller's token is the item's. boto3 is imported on first use; its
-blocking calls run in worker threads.
+One item per record: ``key`` (the partition key), ``state``, ``token``, ``result`` (JSON),
+``posting`` (the digest of the reply its owner began to post), ``live_until`` (the logical expiry,
+epoch seconds, which every condition compares) and ``expires_at`` (the table's TTL attribute:
+``live_until``, a day later for an in-progress item, so that the run taking an expired one over
+still reads its ``posting``). A claim is one conditional put (no item, or an expired one); when
+the condition fails, DynamoDB answers with the item that stopped it, so a claim never needs a
+second read. posting(), complete() and release() act only while the caller's token is the
+item's. boto3 is imported on first use; its blocking calls run in worker threads.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ class DynamoDbStore:
             answer = await self._call(
                 "put_item",
                 Item=item,
-                ConditionExpression="attribute_not_exists(#key) OR #live <= :now",
-                ExpressionAttributeNames=_names("#key", "#live"),
+                # an item written before live_until existed expires by its expires_at
+                ConditionExpression=(
+                    "attribute_not_exists(#key) OR #live <= :now OR (attribute_not_exists(#live) AND #expires <= :now)"
+                ),
+                ExpressionAttributeNames=_names("#key", "#live", "#expires"),
                 ExpressionAttributeValues={":now": {"N": str(now)}},
                 ReturnValues="ALL_OLD",  # an expired record taken over: was its owner posting?
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -85,7 +89,8 @@ class DynamoDbStore:
         except _ConditionFailed as live:
             if live.item.get("state", {}).get("S") == "complete":
                 return Claim(ClaimState.COMPLETE, result=json.loads(live.item.get("result", {}).get("S", "null")))
-            expires = float(live.item.get(LIVE_ATTRIBUTE, {}).get("N", now + 1))
+            expiry = live.item.get(LIVE_ATTRIBUTE) or live.item.get(TTL_ATTRIBUTE) or {}
+            expires = float(expiry.get("N", now + 1))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires - now)
         old = answer.get("Attributes", {})
         posted = old.get("posting", {}).get("S") if old.get("state", {}).get("S") == "in_progress" else None
@@ -98,21 +103,21 @@ class DynamoDbStore:
                 "update_item",
                 Key={KEY_ATTRIBUTE: {"S": key}},
                 UpdateExpression="SET #posting = :digest, #live = :live, #expires = :expires",
-                ConditionExpression="#token = :token AND #live > :now",
+                ConditionExpression="#token = :token",  # still ours, expired or not: renewed
                 ExpressionAttributeNames=_names("#posting", "#live", "#expires", "#token"),
                 ExpressionAttributeValues={
                     ":digest": {"S": digest},
                     ":live": {"N": str(now + ttl_s)},
                     ":expires": {"N": str(math.ceil(now + ttl_s + IN_PROGRESS_GRACE_S))},
                     ":token": {"S": token},
-                    ":now": {"N": str(now)},
                 },
             )
         except _ConditionFailed:
-            return False  # expired, or taken over: not ours to post for
+            return False  # taken over: not ours to post for
         return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        now = self._clock()
         try:
             await self._call(
                 "update_item",
@@ -123,8 +128,8 @@ class DynamoDbStore:
                 ExpressionAttributeValues={
                     ":complete": {"S": "complete"},
                     ":result": {"S": json.dumps(result)},
-                    ":live": {"N": str(self._clock() + ttl_s)},
-                    ":expires": {"N": str(math.ceil(self._clock() + ttl_s))},
+                    ":live": {"N": str(now + ttl_s)},
+                    ":expires": {"N": str(math.ceil(now + ttl_s))},
                     ":token": {"S": token},
                 },
             )

@@ -51,8 +51,9 @@ class NatsKvStore:
 
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         mine = self._owned.get((_name(key), token))
-        if mine is None or mine[1]["expires_at"] <= time.time():
-            return False  # expired: someone may take it over at any moment (release still frees it)
+        if mine is None:
+            return False
+        # compare-and-set on this process's last revision: renewed if nobody took it over, expired or not
         renewed = {**mine[1], "posting": digest, "expires_at": time.time() + ttl_s}
         return await self._write(_name(key), token, renewed)
 

@@ -183,12 +183,11 @@ async def _answer(inv: Invocation, rt: Runtime, run: Run) -> Outcome:
                 ours = await rt.idempotency.posting(
                     key, claim.token, cfg.runtime.idempotency_in_progress_ttl_s, reply_digest(reply)
                 )
-            if not ours:  # the claim expired (a stall longer than its TTL): another run may answer now
-                run.claim = None
+            if not ours:  # this run stalled past its claim's TTL and another took the message over
                 lost = DependencyError(
                     "runtime",
                     "in_progress",
-                    "the claim expired before the reply was posted; a retry answers or finds it answered",
+                    "another run took the message over before this one posted; it answers",
                     retryable=True,
                     retry_after=1.0,
                 )

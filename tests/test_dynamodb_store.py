@@ -61,20 +61,38 @@ async def test_taking_over_a_claim_whose_owner_began_posting_says_which_reply(st
     crashed = await store.claim(KEY, 120)
     clock.advance(100)
     assert await store.posting(KEY, crashed.token, 120, "digest-1")  # renewed: live 120 s from now
-    quiet = await store.claim(other, 120)
+    unclaimed = await store.claim(other, 120)
     assert not await store.posting(other, "not-the-owner", 120, "digest-2")
     clock.advance(100)
     assert (await store.claim(KEY, 120)).state is ClaimState.IN_PROGRESS  # the renewal holds
     clock.advance(21)
 
-    assert not await store.posting(other, quiet.token, 120, "late")  # expired: the owner must not post
     taken = await store.claim(KEY, 120)
     assert taken.state is ClaimState.NEW and taken.posted == "digest-1"
-    assert (await store.claim(other, 120)).posted is None
+    assert not await store.posting(KEY, crashed.token, 120, "late")  # taken over: must not post
+    # expired but nobody took it over: still the owner's, renewed
+    assert await store.posting(other, unclaimed.token, 120, "digest-2")
+    assert (await store.claim(other, 120)).state is ClaimState.IN_PROGRESS
     # the marker belongs to the crashed owner's record, not to the new one
     await store.complete(KEY, taken.token, {"message_id": "m-1"}, 3600)
     clock.advance(3601)
     assert (await store.claim(KEY, 120)).posted is None
+
+
+async def test_an_item_written_before_live_until_expires_by_its_ttl_attribute(store, clock):
+    boto3.client("dynamodb").put_item(
+        TableName=store.table,
+        Item={
+            "key": {"S": KEY},
+            "state": {"S": "in_progress"},
+            "token": {"S": "old"},
+            TTL_ATTRIBUTE: {"N": str(int(clock.now) + 60)},
+        },
+    )
+    busy = await store.claim(KEY, 120)
+    assert busy.state is ClaimState.IN_PROGRESS and 59 <= busy.expires_in_s <= 60
+    clock.advance(61)
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
 
 
 async def test_release_frees_the_record_for_its_owner_only(store):

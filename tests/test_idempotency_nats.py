@@ -59,7 +59,7 @@ async def test_an_old_owner_neither_marks_nor_frees_a_record_taken_over(stores):
     await asyncio.sleep(0.1)
     taken = await second.claim("agent:sofia/m7", 60)
 
-    assert not await first.posting("agent:sofia/m7", crashed.token, 60, "late")  # expired: not marked
+    assert not await first.posting("agent:sofia/m7", crashed.token, 60, "late")  # taken over: not marked
     await first.release("agent:sofia/m7", crashed.token)  # at its stale revision: the new claim stays
 
     assert (await first.claim("agent:sofia/m7", 60)).state is ClaimState.IN_PROGRESS
@@ -70,17 +70,18 @@ async def test_an_old_owner_neither_marks_nor_frees_a_record_taken_over(stores):
 
 async def test_taking_over_a_claim_whose_owner_began_posting_says_which_reply(stores):
     first, second = stores
-    quiet = await first.claim("agent:sofia/m5", 0.05)
+    unclaimed = await first.claim("agent:sofia/m5", 0.05)
     posting = await first.claim("agent:sofia/m6", 60)
     assert await first.posting("agent:sofia/m6", posting.token, 0.05, "digest-6")  # renews for 0.05 s
     assert not await second.posting("agent:sofia/m5", "not-the-owner", 60, "digest-5")
     await asyncio.sleep(0.1)  # both expire
-    assert not await first.posting("agent:sofia/m5", quiet.token, 60, "late")  # expired: must not post
 
-    assert (await second.claim("agent:sofia/m5", 60)).posted is None
     taken = await second.claim("agent:sofia/m6", 60)
     assert taken.state is ClaimState.NEW and taken.posted == "digest-6"
-    assert (await first.claim("agent:sofia/m6", 60)).state is ClaimState.IN_PROGRESS
+    assert not await first.posting("agent:sofia/m6", posting.token, 60, "late")  # taken over: must not post
+    # expired but nobody took it over: still the owner's, renewed
+    assert await first.posting("agent:sofia/m5", unclaimed.token, 60, "digest-5")
+    assert (await second.claim("agent:sofia/m5", 60)).state is ClaimState.IN_PROGRESS
 
 
 async def test_nats_down_is_a_retryable_dependency_error(nats_server):

@@ -306,20 +306,37 @@ async def test_the_claim_is_marked_with_the_reply_before_the_post_is_sent(stack,
     assert marked == reply_digest("LLM reply to: hello")
 
 
-async def test_a_run_whose_claim_expired_before_posting_does_not_post(stack, client):
+async def test_a_run_whose_claim_was_taken_over_before_posting_does_not_post(stack, client):
+    stack.llm.faults.set("proxy", Fault(delay_s=0.3, times=1))
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    key = record_key("agent:sofia", message["id"])
+    store = runtime.get().idempotency
+
+    stalled, records = await _invoke_held_at(client, stack.llm, "proxy", channel, message["id"])
+    # the worker stalls past its claim's TTL (a paused VM, say), and another worker takes it over
+    records[key] = records[key]._replace(expires_at=0.0)
+    other = await store.claim(key, 60)
+    stalled = await stalled
+
+    assert stalled.status_code == 409 and stalled.json()["step"] == "idempotency"
+    assert stack.messaging.replies_to(channel) == []
+    await store.release(key, other.token)  # the other worker gives it back (it failed, say)
+    retried = await client.post("/invoke", json=invocation(channel, message_id=message["id"]))
+    assert retried.json()["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
+
+
+async def test_a_run_whose_claim_expired_unclaimed_renews_it_and_posts(stack, client):
     stack.llm.faults.set("proxy", Fault(delay_s=0.3, times=1))
     channel = stack.channel()
     message = stack.messaging.add_message(channel, "hello")
     key = record_key("agent:sofia", message["id"])
 
     stalled, records = await _invoke_held_at(client, stack.llm, "proxy", channel, message["id"])
-    # the worker stalls past its claim's TTL (a paused VM, say): the record expires meanwhile
-    records[key] = records[key]._replace(expires_at=0.0)
-    stalled = await stalled
-    retried = await client.post("/invoke", json=invocation(channel, message_id=message["id"]))
+    records[key] = records[key]._replace(expires_at=0.0)  # expired, but nobody took it over
 
-    assert stalled.status_code == 409 and stalled.json()["step"] == "idempotency"
-    assert retried.json()["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
+    assert (await stalled).json()["status"] == "replied"
+    assert len(stack.messaging.replies_to(channel)) == 1
 
 
 async def test_a_schedule_run_that_died_while_posting_is_not_posted_again(stack, client):
