@@ -174,7 +174,7 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
     """uvloop where it is installed (uvicorn[standard] brings it everywhere but Windows): the loop
-    the function's uvicorn workers run, and a little less CPU per message than asyncio's own."""
+    the function's uvicorn workers run too."""
     try:
         import uvloop
     except ImportError:

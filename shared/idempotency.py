@@ -56,13 +56,13 @@ def new_token() -> str:
     return secrets.token_hex(16)
 
 
+REPLY_PREFIX = 64  # characters of a reply its digest covers
+
+
 def reply_digest(text: str) -> str:
     """What a marked record remembers of a reply: enough to recognise it in the channel's history
     (the service may shorten long texts there), never the text itself."""
     return hashlib.sha256(text.strip()[:REPLY_PREFIX].encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-REPLY_PREFIX = 64  # characters of a reply its digest covers
 
 
 def record_key(agent_id: str, message_id: str) -> str:

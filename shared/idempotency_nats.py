@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from shared import jsoncodec
 from shared.http import DependencyError
 from shared.idempotency import Claim, ClaimState, new_token
 
@@ -85,7 +86,7 @@ class NatsKvStore:
             async with _unavailable_as_dependency_error():
                 kv = await self._kv()
                 try:
-                    revision = await kv.update(name, json.dumps(record).encode(), last=mine[0])
+                    revision = await kv.update(name, jsoncodec.dumps(record), last=mine[0])
                 except KeyWrongLastSequenceError:
                     last_write = True  # taken over since: nothing of it is ours any more
                     return False
@@ -102,7 +103,7 @@ class NatsKvStore:
         token = new_token()
         record = _record("in_progress", token, in_progress_ttl_s)
         try:
-            self._owned[(name, token)] = (await kv.create(name, json.dumps(record).encode()), record)
+            self._owned[(name, token)] = (await kv.create(name, jsoncodec.dumps(record)), record)
             return Claim(ClaimState.NEW, token=token)
         except KeyWrongLastSequenceError:
             pass
@@ -110,7 +111,7 @@ class NatsKvStore:
             entry = await kv.get(name)
         except KeyNotFoundError:  # released in between: one more try to create
             try:
-                self._owned[(name, token)] = (await kv.create(name, json.dumps(record).encode()), record)
+                self._owned[(name, token)] = (await kv.create(name, jsoncodec.dumps(record)), record)
                 return Claim(ClaimState.NEW, token=token)
             except KeyWrongLastSequenceError:
                 return Claim(ClaimState.IN_PROGRESS)
@@ -122,7 +123,7 @@ class NatsKvStore:
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires_in_s)
         try:  # expired: take it over, unless someone else just did
             self._owned[(name, token)] = (
-                await kv.update(name, json.dumps(record).encode(), last=entry.revision),
+                await kv.update(name, jsoncodec.dumps(record), last=entry.revision),
                 record,
             )
             posted = current.get("posting") if current.get("state") == "in_progress" else None

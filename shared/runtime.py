@@ -127,8 +127,9 @@ def get() -> Runtime:
     return _current
 
 
-# An invocation allocates thousands of short-lived objects (requests, dicts, models); with the
-# default young generation of 700 the collector runs many times per invocation.
+# Collections are rare per invocation (0.06 with the default 700), but each one that reaches the
+# older generations walks a heap full of what start-up loaded: freezing that and collecting the
+# young generation less often cut the function's CPU per invocation by about a sixth (README).
 GC_YOUNG_GENERATION = 20_000
 
 
