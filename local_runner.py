@@ -19,8 +19,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from shared import settings as settings_module
-from shared.settings import LlmSettings, MemorySettings, MessagingSettings, NatsSettings, Settings
+from shared.infra import settings as settings_module
+from shared.infra.settings import LlmSettings, MemorySettings, MessagingSettings, NatsSettings, Settings
 from standins.messaging import DEMO_CHANNEL
 
 log = logging.getLogger("agent_runtime.runner")
@@ -70,8 +70,9 @@ def say_parser(s: Settings) -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace, s: Settings) -> int:
     from runner import embedded, serve
     from runner.bridge import Bridge, BridgeConfig
-    from shared import http, runtime
-    from shared.observability import redact_url
+    from shared import runtime
+    from shared.clients import http
+    from shared.infra.observability import redact_url
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,7 +184,7 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from shared import observability
+    from shared.infra import observability
 
     s = settings_module.get()
     observability.configure(s.runtime.log_format)

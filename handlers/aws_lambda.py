@@ -22,10 +22,12 @@ from functools import cache
 from typing import Any
 
 from shared import health as health_report
-from shared import pipeline, runtime, tracing
+from shared import pipeline, runtime
 from shared.contracts import Outcome
-from shared.intake import BadInput, check_auth, parse_invocation
-from shared.outcomes import http_status, retry_headers
+from shared.delivery import http_status, retry_headers
+from shared.errors import BadInput
+from shared.infra import tracing
+from shared.intake import check_auth, parse_invocation
 
 log = logging.getLogger("agent_runtime.aws_lambda")
 _loop = asyncio.new_event_loop()

@@ -12,8 +12,10 @@ import binascii
 import logging
 from typing import TYPE_CHECKING, Any
 
-from shared import pipeline, runtime, tracing
-from shared.intake import BadInput, parse_invocation
+from shared import pipeline, runtime
+from shared.errors import BadInput
+from shared.infra import tracing
+from shared.intake import parse_invocation
 
 if TYPE_CHECKING:
     from cloudevents.abstract import CloudEvent

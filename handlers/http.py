@@ -9,10 +9,12 @@ from starlette import responses
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import jsoncodec, pipeline, runtime, tracing
+from shared import pipeline, runtime
+from shared.delivery import http_status, retry_headers
+from shared.errors import BadInput
 from shared.health import report
-from shared.intake import BadInput, check_auth, parse_invocation
-from shared.outcomes import http_status, retry_headers
+from shared.infra import jsoncodec, tracing
+from shared.intake import check_auth, parse_invocation
 
 log = logging.getLogger("agent_runtime.http")
 BODY_READ_TIMEOUT_S = 10.0
@@ -68,7 +70,7 @@ async def metrics(request: Request) -> Response:
         check_auth(secret.get_secret_value() if secret else None, request.headers)
     except BadInput as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
-    from shared import metrics as figures  # prometheus-client: only when asked
+    from shared.infra import metrics as figures  # prometheus-client: only when asked
 
     body, content_type = figures.exposition()
     return Response(body, media_type=content_type)

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from runner import metrics
 from runner.dispatch import Dispatcher
 from runner.forward import Answer, call_headers, forward
-from runner.policy import Decision, decide
-from shared.intake import BadInput, parse_invocation
-from shared.observability import redact_url
+from shared.delivery import Verdict, decide
+from shared.errors import BadInput
+from shared.infra.observability import redact_url
+from shared.intake import parse_invocation
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -183,12 +184,12 @@ class Bridge:
         try:
             invocation = parse_invocation(msg.data, self.config.max_body_bytes)
         except BadInput as exc:
-            await self._dead_letter(msg, Decision("dead_letter", exc.error), status=exc.status, attempt=1)
+            await self._dead_letter(msg, Verdict("dead_letter", exc.error), status=exc.status, attempt=1)
             return
         except Exception as exc:  # a parser defect must never end the intake loop
             log.exception("unreadable invocation")
             reason = f"unreadable invocation: {type(exc).__name__}"
-            await self._dead_letter(msg, Decision("dead_letter", reason), status=None, attempt=1)
+            await self._dead_letter(msg, Verdict("dead_letter", reason), status=None, attempt=1)
             return
         key = f"{invocation.agent_id}/{invocation.payload.channel_id}"
         keep_alive = self._keep_alive(msg) if self.config.mode == "jetstream" else None
@@ -202,7 +203,7 @@ class Bridge:
             headers = call_headers(msg.headers, self.config.function_secret)
             while True:
                 if attempt > self.config.max_deliver:  # redelivered past the limit (a crash loop, say)
-                    await self._dead_letter(msg, Decision("dead_letter", "attempts exhausted"), None, attempt - 1)
+                    await self._dead_letter(msg, Verdict("dead_letter", "attempts exhausted"), None, attempt - 1)
                     return
                 answer = await self._call(msg.data, headers)
                 decision = decide(
@@ -293,7 +294,7 @@ class Bridge:
                 await self.nc.publish(msg.reply, body)
 
     async def _dead_letter(
-        self, msg: Msg, decision: Decision, status: int | None, attempt: int, body: bytes = b""
+        self, msg: Msg, decision: Verdict, status: int | None, attempt: int, body: bytes = b""
     ) -> None:
         metrics.dead_lettered.labels(metrics.status_class(status)).inc()
         headers = {

@@ -6,8 +6,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from shared import http
-from shared.tracing import TRACEPARENT
+from shared.clients import http
+from shared.infra.tracing import TRACEPARENT
 
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")  # printable ASCII only: nothing to inject or choke on
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable, no spaces or newlines: safe as a header

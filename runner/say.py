@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 
 from runner.embedded import read_state
-from shared import http
+from shared.clients import http
 from standins.messaging import DEMO_CHANNEL
 
 

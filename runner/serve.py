@@ -113,10 +113,11 @@ def status_app(health: Callable[[], dict[str, Any]], secret: str | None = _FROM_
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from runner import metrics
-    from shared.intake import BadInput, check_auth
+    from shared.errors import BadInput
+    from shared.intake import check_auth
 
     if secret is _FROM_SETTINGS:
-        from shared import settings
+        from shared.infra import settings
 
         configured = settings.get().runtime.secret
         secret = configured.get_secret_value() if configured else None

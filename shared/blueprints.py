@@ -17,10 +17,11 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
+from shared.clients.http import Endpoint
 from shared.contracts import Blueprint, BlueprintSource, PromptVariant
-from shared.deadline import Deadline
-from shared.http import DependencyError, Endpoint
-from shared.settings import Settings, deep_merge
+from shared.errors import DependencyError
+from shared.infra.deadline import Deadline
+from shared.infra.settings import Settings, deep_merge
 
 log = logging.getLogger("agent_runtime.blueprints")
 

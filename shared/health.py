@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared.deadline import Deadline
+from shared.infra.deadline import Deadline
 from shared.runtime import Runtime
 
 

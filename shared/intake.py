@@ -9,17 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.contracts import Invocation
-
-
-class BadInput(Exception):
-    """Input no retry can fix; ``status`` is the HTTP status that says why."""
-
-    def __init__(self, status: int, error: str, detail: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(error)
-        self.status, self.error, self.detail = status, error, detail or []
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "detail": self.detail} if self.detail else {"error": self.error}
+from shared.errors import BadInput
 
 
 def parse_invocation(raw: bytes | str | dict[str, Any], max_bytes: int) -> Invocation:

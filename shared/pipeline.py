@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import time
 
-from shared import metrics, mock_llm, prompt, summary
+from shared import mock_llm, prompt, summary
 from shared.blueprints import pick_variant
 from shared.budget import estimate
 from shared.contracts import ChannelMessage, Invocation, Outcome, SkipReason, Step
-from shared.deadline import Deadline
-from shared.http import DependencyError
+from shared.errors import DependencyError
 from shared.idempotency import ClaimState, record_key, reply_digest
+from shared.infra import metrics
+from shared.infra.deadline import Deadline
+from shared.infra.observability import StepTimer, log_outcome
 from shared.llm import ChatRequest, Completion
-from shared.observability import StepTimer, log_outcome
 from shared.runtime import Runtime
 from shared.tools import BUILT_IN
 

@@ -6,50 +6,24 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import settings as settings_module
+from shared import idempotency as backends
+from shared import llm
 from shared.blueprints import BlueprintChain
+from shared.clients.http import Endpoint
+from shared.clients.memory import MemoryClient
+from shared.clients.messaging import MessagingClient
 from shared.contracts import ChannelMessage
-from shared.http import Endpoint
-from shared.idempotency import IdempotencyStore, InProcessStore
-from shared.llm import PROVIDERS, Provider
-from shared.memory import MemoryClient
-from shared.messaging import MessagingClient
-from shared.ordering import KeyedLocks
-from shared.settings import LlmSettings, ServiceSettings, Settings
+from shared.idempotency import IdempotencyStore
+from shared.infra import settings as settings_module
+from shared.infra.ordering import KeyedLocks
+from shared.infra.settings import ServiceSettings, Settings
+from shared.llm import Provider
 from shared.tools import Toolbox
-
-
-def idempotency_store(s: Settings) -> IdempotencyStore:
-    """The configured backend; the shared ones import their client library only when chosen."""
-    if s.idempotency.backend == "nats":
-        from shared.idempotency_nats import NatsKvStore
-
-        return NatsKvStore.from_settings(s)
-    if s.idempotency.backend == "dynamodb":
-        from shared.idempotency_dynamodb import DynamoDbStore
-
-        return DynamoDbStore.from_settings(s)
-    return InProcessStore()
 
 
 def endpoint(name: str, service: ServiceSettings) -> Endpoint:
     secret = service.secret.get_secret_value() if service.secret else None
     return Endpoint(name, service.url, secret, service.timeout_s, service.attempts)
-
-
-def llm_provider(s: LlmSettings) -> Provider:
-    """The configured provider; its API key travels in the header that provider reads."""
-    if s.provider == "openai":
-        key = s.openai_api_key.get_secret_value() if s.openai_api_key else None
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        where = Endpoint("llm", s.openai_url, None, s.timeout_s, s.attempts, headers)
-    elif s.provider == "anthropic":
-        key = s.anthropic_api_key.get_secret_value() if s.anthropic_api_key else ""
-        headers = {"x-api-key": key, "anthropic-version": s.anthropic_version}
-        where = Endpoint("llm", s.anthropic_url, None, s.timeout_s, s.attempts, headers)
-    else:
-        where = endpoint("llm", s)
-    return PROVIDERS[s.provider](where)
 
 
 @dataclass
@@ -87,13 +61,13 @@ class Runtime:
                 history_limit=s.messaging.history_limit,
             ),
             memory=MemoryClient(endpoint("memory", s.memory)),
-            llm=llm_provider(s.llm),
+            llm=llm.build(s.llm),
             blueprints=BlueprintChain(
                 s,
                 endpoint("agents", s.agents) if s.agents.url else None,
                 settings_module.DEFAULT_CONFIG.parent / Path(s.agents.blueprints_dir),
             ),
-            idempotency=idempotency or idempotency_store(s),
+            idempotency=idempotency or backends.build(s),
             toolcore=endpoint("toolcore", s.tools),
             pdp=Endpoint(
                 "pdp",
@@ -118,7 +92,7 @@ def get() -> Runtime:
     """The runtime of this process, built on first use from the process's settings."""
     global _current
     if _current is None:
-        from shared import observability
+        from shared.infra import observability
 
         s = settings_module.get()
         observability.configure(s.runtime.log_format)

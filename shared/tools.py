@@ -13,10 +13,12 @@ from functools import lru_cache
 from typing import Any
 
 from shared import summary
+from shared.clients.http import Endpoint
 from shared.contracts import ChannelMessage
-from shared.deadline import Deadline
-from shared.http import DependencyError, Endpoint
-from shared.llm import Completion, ToolCall, ToolSpec, text_protocol
+from shared.errors import DependencyError
+from shared.infra.deadline import Deadline
+from shared.llm import Completion, ToolCall, ToolSpec
+from shared.llm.text_tools import text_protocol
 
 BUILT_IN = "summarize_channel"
 _TEXT = {"type": "string"}

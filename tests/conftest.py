@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import http as shared_http
-from shared import runtime, settings
+from shared import runtime
+from shared.clients import http as shared_http
+from shared.infra import settings
 from standins.agents import AgentsStandIn
 from standins.llm import LlmStandIn
 from standins.memory import MemoryStandIn

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared import settings
 from shared.blueprints import BlueprintChain, pick_variant
 from shared.contracts import Blueprint
-from shared.deadline import Deadline
+from shared.infra import settings
+from shared.infra.deadline import Deadline
 from standins.server import Fault
 from tests.conftest import invocation
 

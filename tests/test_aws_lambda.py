@@ -18,12 +18,13 @@ import boto3
 import pytest
 
 from handlers import aws_lambda
-from shared import http as shared_http
-from shared import runtime, settings
+from shared import runtime
+from shared.clients import http as shared_http
 from shared.idempotency import record_key
-from shared.idempotency_dynamodb import DynamoDbStore
-from shared.observability import JsonFormatter
-from shared.secrets import SecretUnavailable
+from shared.idempotency.dynamodb import DynamoDbStore
+from shared.infra import settings
+from shared.infra.observability import JsonFormatter
+from shared.infra.secrets import SecretUnavailable
 from standins.server import Fault
 from tests.aws import create_table, handler, mocked_aws, template
 from tests.conftest import ROOT, invocation
@@ -390,7 +391,7 @@ def test_importing_the_functions_does_not_import_boto3():
     """Cold start: boto3 is imported only when a request needs AWS."""
     code = (
         "import sys, main, handlers.aws_lambda, handlers.cloudevent, shared.runtime, "
-        "shared.idempotency_dynamodb, shared.secrets; assert 'boto3' not in sys.modules, 'boto3 imported'"
+        "shared.idempotency.dynamodb, shared.infra.secrets; assert 'boto3' not in sys.modules, 'boto3 imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr

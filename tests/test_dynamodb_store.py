@@ -5,10 +5,11 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from shared import runtime, settings
-from shared.http import DependencyError
+from shared import idempotency
+from shared.errors import DependencyError
 from shared.idempotency import ClaimState
-from shared.idempotency_dynamodb import IN_PROGRESS_GRACE_S, TTL_ATTRIBUTE, DynamoDbStore
+from shared.idempotency.dynamodb import IN_PROGRESS_GRACE_S, TTL_ATTRIBUTE, DynamoDbStore
+from shared.infra import settings
 from tests.aws import Clock, create_table, mocked_aws, properties
 
 KEY = "agent:sofia/6f1c5c1e-6b43-4c4e-9c53-5f8a4c1f2d10"
@@ -142,6 +143,6 @@ def test_settings_choose_the_dynamodb_store_without_touching_aws():
     s = settings.load(
         {"AGENT_RUNTIME__IDEMPOTENCY__BACKEND": "dynamodb", "AGENT_RUNTIME__IDEMPOTENCY__DYNAMODB_TABLE": "records"}
     )
-    store = runtime.idempotency_store(s)
+    store = idempotency.build(s)
     assert isinstance(store, DynamoDbStore) and store.table == "records"
     assert store._client is None  # the client is made on the first claim, not at cold start

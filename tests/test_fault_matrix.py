@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from shared import runtime
-from shared.memory import MemoryClient
-from shared.messaging import MessagingClient
+from shared.clients.memory import MemoryClient
+from shared.clients.messaging import MessagingClient
 from standins.server import Fault
 from tests.conftest import invocation
 from tests.runner_support import eventually

@@ -14,13 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import mock_llm
+from shared.clients.memory import MemoryClient
+from shared.clients.messaging import MessagingClient
 from shared.contracts import ChannelMessage, Invocation
-from shared.deadline import Deadline
-from shared.http import DependencyError
-from shared.intake import BadInput, parse_invocation
-from shared.llm import TOOL_LINE, AnthropicProvider, Completion, OpenAiProvider, Provider, parse_tool_lines
-from shared.memory import MemoryClient
-from shared.messaging import MessagingClient
+from shared.errors import BadInput, DependencyError
+from shared.infra.deadline import Deadline
+from shared.intake import parse_invocation
+from shared.llm import Completion
+from shared.llm.anthropic import AnthropicProvider
+from shared.llm.openai import OpenAiProvider
+from shared.llm.proxy import ProxyProvider
+from shared.llm.text_tools import TOOL_LINE, parse_tool_lines
 
 FAST = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MAX = 4096
@@ -224,7 +228,7 @@ llm_answer = st.one_of(
 @FAST
 @given(llm_answer)
 def test_llm_answer_parsers(data):
-    for provider in (Provider, OpenAiProvider, AnthropicProvider):
+    for provider in (ProxyProvider, OpenAiProvider, AnthropicProvider):
         if not isinstance(data, dict):
             continue
         completion = provider(None).parse(data)  # type: ignore[arg-type]

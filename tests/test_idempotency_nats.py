@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from shared.http import DependencyError
+from shared.errors import DependencyError
 from shared.idempotency import ClaimState
-from shared.idempotency_nats import NatsKvStore
+from shared.idempotency.nats import NatsKvStore
 from tests.conftest import free_port, invocation
 from tests.runner_support import FunctionProcess, bridge, eventually
 

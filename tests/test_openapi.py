@@ -8,7 +8,7 @@ import typing
 import yaml
 
 from handlers.http import ROUTES
-from shared import contracts, outcomes
+from shared import contracts, delivery
 from tests.conftest import ROOT
 
 DOC = yaml.safe_load((ROOT / "openapi.yaml").read_text())
@@ -59,6 +59,6 @@ def test_the_outcome_schema_is_the_model():
 
 
 def test_the_statuses_are_the_ones_answered():
-    answered = {200, 424, *outcomes._RETRYABLE.values()} | {400, 401, 403, 413, 422}
+    answered = {200, 424, *delivery._RETRYABLE.values()} | {400, 401, 403, 413, 422}
     for path in ("/invoke", "/internal/agent-runtime/test-channel"):
         assert {int(s) for s in DOC["paths"][path]["post"]["responses"]} == answered

@@ -24,9 +24,9 @@ import pytest
 from handlers import aws_lambda
 from runner.bridge import flushed
 from runner.serve import Serving, status_app
-from shared import http as shared_http
 from shared import runtime
-from shared.observability import JsonFormatter, TextFormatter
+from shared.clients import http as shared_http
+from shared.infra.observability import JsonFormatter, TextFormatter
 from standins.server import Fault, Served
 from tests.conftest import invocation
 from tests.runner_support import ScriptedFunction, bridge, eventually

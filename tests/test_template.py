@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared import settings
+from shared.infra import settings
 from tests.aws import properties, template
 from tests.conftest import ROOT
 

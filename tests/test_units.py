@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared import mock_llm, settings
+from shared import mock_llm
 from shared.contracts import ChannelMessage, MemoryItem
+from shared.infra import settings
 from shared.pipeline import find_trigger
 
 
@@ -109,7 +110,7 @@ def test_trigger_rule():
 
 
 def test_json_codec_reads_and_writes_what_the_stdlib_did():
-    from shared import jsoncodec
+    from shared.infra import jsoncodec
 
     # a service that cut an emoji in half, NaN, a byte-order mark: orjson refuses, the stdlib reads them
     assert jsoncodec.loads(b'["nice \\ud83d"]') == ["nice \ud83d"]

@@ -6,9 +6,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.clients.http import Endpoint
 from shared.contracts import MemoryItem
-from shared.deadline import Deadline
-from shared.http import DependencyError, Endpoint
+from shared.errors import DependencyError
+from shared.infra.deadline import Deadline
 
 
 class MemoryClient:

@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared import jsoncodec
-from shared.http import DependencyError
-from shared.idempotency import Claim, ClaimState, new_token
+from shared.errors import DependencyError
+from shared.idempotency.base import Claim, ClaimState, new_token
+from shared.infra import jsoncodec
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.js.kv import KeyValue
 
-    from shared.settings import Settings
+    from shared.infra.settings import Settings
 
 
 class NatsKvStore:

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any
 
-from shared import jsoncodec
 from shared.contracts import Outcome
+from shared.infra import jsoncodec
 
 log = logging.getLogger("agent_runtime")
 _configured = False

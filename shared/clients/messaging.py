@@ -7,9 +7,10 @@ from urllib.parse import quote
 
 from pydantic import TypeAdapter, ValidationError
 
+from shared.clients.http import Endpoint
 from shared.contracts import ChannelMessage
-from shared.deadline import Deadline
-from shared.http import DependencyError, Endpoint
+from shared.errors import DependencyError
+from shared.infra.deadline import Deadline
 
 log = logging.getLogger("agent_runtime.messaging")
 _HISTORY = TypeAdapter(list[ChannelMessage])

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.http import DependencyError
-from shared.idempotency import Claim, ClaimState, new_token
+from shared.errors import DependencyError
+from shared.idempotency.base import Claim, ClaimState, new_token
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.infra.settings import Settings
 
 KEY_ATTRIBUTE = "key"
 TTL_ATTRIBUTE = "expires_at"  # when DynamoDB may delete the item (the template's TimeToLiveSpecification)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, m
 
 CONFIG_ENV = "AGENT_RUNTIME_CONFIG"
 ENV_PREFIX = "AGENT_RUNTIME__"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 def _json_if_text(value: Any) -> Any:
@@ -238,7 +238,7 @@ def load(environ: dict[str, str] | None = None, config_path: str | os.PathLike |
     """Build settings from the config file and the environment (both optional)."""
     environ = dict(os.environ if environ is None else environ)
     if any(name.endswith("_SECRET_ARN") and value for name, value in environ.items()):
-        from shared.secrets import resolve_arns  # boto3 only where secrets live in Secrets Manager
+        from shared.infra.secrets import resolve_arns  # boto3 only where secrets live in Secrets Manager
 
         environ = resolve_arns(environ)
     path = Path(config_path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)

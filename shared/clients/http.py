@@ -17,9 +17,10 @@ from urllib.parse import urlencode
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from shared import backoff, jsoncodec
 from shared.contracts import FailureKind
-from shared.deadline import Deadline
+from shared.errors import DependencyError
+from shared.infra import backoff, jsoncodec
+from shared.infra.deadline import Deadline
 
 if TYPE_CHECKING:
     import aiohttp
@@ -61,31 +62,6 @@ async def aclose() -> None:
     _last = (None, None)
     if current is not None:
         await current.close()
-
-
-class DependencyError(Exception):
-    """A dependency call that did not give a usable answer. Never carries a secret."""
-
-    def __init__(
-        self,
-        dependency: str,
-        kind: FailureKind,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool,
-        sent: bool = True,
-        retry_after: float | None = None,
-        uncertain: bool = False,
-    ) -> None:
-        super().__init__(f"{dependency}: {message}")
-        self.dependency = dependency
-        self.kind = kind
-        self.status = status
-        self.retryable = retryable
-        self.sent = sent  # False only when the request provably never reached the service
-        self.retry_after = retry_after
-        self.uncertain = uncertain  # the call may have taken effect though no answer says so
 
 
 def _status_error(dependency: str, status: int, retry_after: str | None) -> DependencyError:

@@ -1,0 +1,66 @@
+"""The in-process backend: records in this process's memory (one process, tests, the local stack)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from shared.idempotency.base import Claim, ClaimState, new_token
+
+if TYPE_CHECKING:
+    from shared.infra.settings import Settings
+
+
+class _Record(NamedTuple):
+    state: ClaimState
+    token: str
+    expires_at: float  # time.monotonic()
+    result: dict[str, Any] | None = None
+    posting: str | None = None  # the owner began to post the reply with this digest
+
+
+class InProcessStore:
+    """For a single process. Bounded: the oldest records are evicted past ``max_records``."""
+
+    def __init__(self, max_records: int = 100_000) -> None:
+        self.max_records = max_records
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> InProcessStore:
+        return cls()
+
+    async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
+        now = time.monotonic()
+        record = self._records.get(key)
+        if record is not None and record.expires_at > now:
+            return Claim(record.state, result=record.result, expires_in_s=record.expires_at - now)
+        token = new_token()
+        self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s))
+        posted = record.posting if record is not None and record.state is ClaimState.IN_PROGRESS else None
+        return Claim(ClaimState.NEW, token=token, posted=posted)
+
+    async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
+        if not self._owned(key, token):
+            return False
+        self._records[key] = self._records[key]._replace(posting=digest, expires_at=time.monotonic() + ttl_s)
+        return True
+
+    async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        if self._owned(key, token):
+            self._put(key, _Record(ClaimState.COMPLETE, token, time.monotonic() + ttl_s, result))
+
+    async def release(self, key: str, token: str) -> None:
+        if self._owned(key, token):
+            del self._records[key]
+
+    def _owned(self, key: str, token: str) -> bool:
+        record = self._records.get(key)
+        return record is not None and record.token == token
+
+    def _put(self, key: str, record: _Record) -> None:
+        self._records[key] = record
+        self._records.move_to_end(key)
+        while len(self._records) > self.max_records:
+            self._records.popitem(last=False)

@@ -1,0 +1,101 @@
+"""What every LLM provider shares: the request and completion types, and the ``Provider`` base.
+
+A conversation is kept in the Chat Completions shape (``tool_calls`` on assistant turns, ``tool``
+turns with the results); each provider translates it to its API. No provider SDK is imported:
+each speaks HTTP through ``Endpoint`` (timeouts, retries of 429/5xx honouring Retry-After, the deadline).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shared.clients.http import Endpoint
+from shared.errors import DependencyError
+from shared.infra.deadline import Deadline
+
+if TYPE_CHECKING:
+    from shared.infra.settings import LlmSettings
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any] | None  # None: the model sent arguments that are not a JSON object
+
+
+@dataclass
+class Completion:
+    text: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+
+    def as_message(self) -> dict[str, Any]:
+        """The assistant turn that asked for the tools, to send back with their results."""
+        return {
+            "role": "assistant",
+            "content": self.text,
+            "tool_calls": [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": json.dumps(c.arguments or {}, ensure_ascii=False)},
+                }
+                for c in self.tool_calls
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float
+    metadata: dict[str, Any]
+    tools: list[ToolSpec] = field(default_factory=list)
+    allow_tools: bool = True  # False: the model must answer in text now
+
+
+class Provider:
+    """One LLM API over HTTP: ``body()`` builds its request, ``parse()`` reads its answer."""
+
+    name: str
+    path: str  # where completions are asked for
+    probe_path: str  # what deep health asks
+    native_tools = False  # True: tools travel as API fields, not in the system prompt
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
+        if not self.endpoint.base_url:  # no LLM configured: the keyword mock answers, when allowed
+            raise DependencyError(
+                "llm", "unavailable", "no LLM configured (its url is empty)", retryable=False, sent=False
+            )
+        data = await self.endpoint.call("POST", self.path, deadline, json_body=self.body(request))
+        completion = self.parse(data) if isinstance(data, dict) else None
+        if completion is None or not (completion.text.strip() or completion.tool_calls):
+            raise DependencyError("llm", "bad_response", "empty completion", retryable=True)
+        completion.text = completion.text.strip()
+        return completion
+
+    @classmethod
+    def from_settings(cls, s: LlmSettings) -> Provider:
+        """The provider with its endpoint and the auth headers its API reads."""
+        raise NotImplementedError
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, data: dict[str, Any]) -> Completion | None:
+        """The answer as a completion; None when it is not of the API's shape."""
+        raise NotImplementedError

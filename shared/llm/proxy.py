@@ -1,0 +1,39 @@
+"""llm-proxy, DAARION's own gateway: plain text turns; tools through the text protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.clients.http import Endpoint
+from shared.llm.base import ChatRequest, Completion, Provider
+from shared.llm.openai import openai_completion
+from shared.llm.text_tools import parse_tool_lines, plain_turn
+
+
+class ProxyProvider(Provider):
+    name = "proxy"
+    path = "/internal/llm/proxy"
+    probe_path = "/internal/llm/models"
+
+    @classmethod
+    def from_settings(cls, s: Any) -> ProxyProvider:
+        secret = s.secret.get_secret_value() if s.secret else None
+        return cls(Endpoint("llm", s.url, secret, s.timeout_s, s.attempts))
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        return {
+            "model": request.model,
+            "messages": [plain_turn(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "metadata": request.metadata,  # the proxy rate-limits per metadata.agent_id
+        }
+
+    def parse(self, data: dict[str, Any]) -> Completion | None:
+        """The flat llm-proxy answer, or an OpenAI-style one; TOOL lines become tool calls."""
+        if isinstance(data.get("content"), str):
+            return parse_tool_lines(data["content"])
+        completion = openai_completion(data)
+        if completion is not None and not completion.tool_calls:
+            return parse_tool_lines(completion.text)
+        return completion
