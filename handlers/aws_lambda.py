@@ -1,12 +1,11 @@
 """AWS Lambda entry points, named in template.yaml: API Gateway HTTP API (payload 2.0) and SQS batches.
 
 ``invoke`` serves POST /invoke and the invocation queue, ``test_channel`` and ``health`` their
-paths. Statuses are the HTTP functions' (shared/outcomes.py). A queued record that a retry can help
-is reported in ``batchItemFailures``; one no retry fixes (bad input, a final dependency failure) goes
-straight to the dead-letter queue with the reason, and is not reported, so SQS deletes it.
+paths. Statuses are the HTTP functions', and a queued record's fate is the one delivery decision
+(shared/delivery.py), acted on by handlers/sqs.py.
 
 One event loop per container, reused by every invocation while the container is warm, so the
-pooled HTTP session of shared/http.py (one per loop) survives between invocations.
+pooled HTTP session of shared/clients/http.py (one per loop) survives between invocations.
 """
 
 from __future__ import annotations
@@ -15,21 +14,14 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
-import os
 from collections.abc import Coroutine
-from functools import cache
 from typing import Any
 
+from handlers import accept, sqs
 from shared import health as health_report
-from shared import pipeline, runtime
-from shared.contracts import Outcome
-from shared.delivery import http_status, retry_headers
+from shared import runtime
 from shared.errors import BadInput
-from shared.infra import tracing
-from shared.intake import check_auth, parse_invocation
 
-log = logging.getLogger("agent_runtime.aws_lambda")
 _loop = asyncio.new_event_loop()
 
 
@@ -60,26 +52,13 @@ def health(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 async def _invoke_http(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    rt = runtime.get()
-    headers = event.get("headers") or {}  # payload 2.0: names are lower-case
-    try:
-        secret = rt.settings.runtime.secret
-        check_auth(secret.get_secret_value() if secret else None, headers)
-        invocation = parse_invocation(_body(event), rt.settings.runtime.max_body_bytes)
-    except BadInput as exc:
-        return _response(exc.status, exc.body())
-    try:
-        outcome = await pipeline.run(
-            invocation,
-            rt,
-            delivery_id=headers.get("idempotency-key"),
-            request_id=getattr(context, "aws_request_id", None),
-            **tracing.log_fields(headers),
-        )
-    except Exception:
-        log.exception("defect while running invocation", extra={"fields": {"agent_id": invocation.agent_id}})
-        return _response(500, {"error": "internal error"})
-    return _response(http_status(outcome), outcome.model_dump(exclude_none=True), retry_headers(outcome))
+    async def body() -> bytes | str:
+        return _body(event)
+
+    answer = await accept.run(
+        body, headers=event.get("headers") or {}, request_id=getattr(context, "aws_request_id", None)
+    )  # payload 2.0: header names are lower-case
+    return _response(answer.status, answer.body, answer.headers)
 
 
 def _body(event: dict[str, Any]) -> bytes | str:
@@ -117,73 +96,12 @@ async def sqs_batch(records: list[dict[str, Any]], context: Any) -> dict[str, An
 
 async def _answer_record(record: dict[str, Any], request_id: str | None) -> bool:
     """Answer one record; True when it should stay on the queue for a retry."""
-    rt = runtime.get()
-    try:
-        invocation = parse_invocation(record.get("body") or "", rt.settings.runtime.max_body_bytes)
-    except BadInput as exc:
-        return not await _dead_letter(record, exc.status, exc.error)
+
+    async def body() -> str:
+        return record.get("body") or ""
+
     attributes = {name: a.get("stringValue") for name, a in (record.get("messageAttributes") or {}).items()}
-    try:
-        outcome = await pipeline.run(
-            invocation, rt, delivery_id=record["messageId"], request_id=request_id, **tracing.log_fields(attributes)
-        )
-    except Exception:
-        # a defect answers 500 over HTTP, which callers retry; the redrive policy parks it after 5 receives
-        log.exception("defect while running a queued invocation", extra={"fields": {"message_id": record["messageId"]}})
-        return True
-    if outcome.status != "failed":
-        return False
-    if outcome.retryable:
-        await _retry_after(record, outcome)
-        return True
-    return not await _dead_letter(record, http_status(outcome), outcome.error or f"{outcome.step}: {outcome.kind}")
-
-
-async def _dead_letter(record: dict[str, Any], status: int, reason: str) -> bool:
-    """Park a record no retry can fix; False when that failed (then it stays on the queue)."""
-    queue_url = os.environ.get("DEAD_LETTER_QUEUE_URL")
-    fields = {"message_id": record["messageId"], "status": status, "reason": reason}
-    if not queue_url:
-        log.error("no DEAD_LETTER_QUEUE_URL: leaving the record to the redrive policy", extra={"fields": fields})
-        return False
-    attributes = {
-        "reason": {"DataType": "String", "StringValue": reason[:1024]},
-        "status": {"DataType": "Number", "StringValue": str(status)},
-        "source_message_id": {"DataType": "String", "StringValue": record["messageId"]},
-    }
-    if record.get("eventSourceARN"):
-        attributes["source_queue"] = {"DataType": "String", "StringValue": record["eventSourceARN"]}
-    try:
-        await asyncio.to_thread(
-            _sqs().send_message, QueueUrl=queue_url, MessageBody=record["body"], MessageAttributes=attributes
-        )
-    except Exception as exc:
-        log.error("dead-lettering failed", extra={"fields": {**fields, "error": type(exc).__name__}})
-        return False
-    log.warning("invocation dead-lettered", extra={"fields": fields})
-    return True
-
-
-async def _retry_after(record: dict[str, Any], outcome: Outcome) -> None:
-    """Make the record visible again when the outcome says (Retry-After), not at the queue's timeout."""
-    seconds = retry_headers(outcome).get("Retry-After")
-    queue_url = os.environ.get("INVOCATION_QUEUE_URL")
-    if seconds is None or not queue_url or not record.get("receiptHandle"):
-        return  # the queue's visibility timeout is the backoff
-    try:
-        await asyncio.to_thread(
-            _sqs().change_message_visibility,
-            QueueUrl=queue_url,
-            ReceiptHandle=record["receiptHandle"],
-            VisibilityTimeout=min(int(seconds), 43200),
-        )
-    except Exception as exc:  # the record is retried anyway, only later
-        log.warning("could not shorten the retry delay", extra={"fields": {"error": type(exc).__name__}})
-
-
-@cache
-def _sqs() -> Any:
-    # made on the event loop's thread before any worker thread uses it; boto3 is imported only here
-    import boto3
-
-    return boto3.client("sqs")
+    answer = await accept.run(
+        body, headers=attributes, authenticate=False, delivery_id=record["messageId"], request_id=request_id
+    )
+    return await sqs.settle(record, answer.verdict(), answer.status)

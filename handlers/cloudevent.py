@@ -1,8 +1,8 @@
 """The CloudEvent trigger (Eventarc, Pub/Sub, Knative): an invocation as the event's data.
 
 The data is the invocation itself, or a Pub/Sub ``messagePublished`` body whose ``message.data``
-is the invocation in base64. The platform redelivers an event whose handler fails, so a failure
-a retry can help raises; bad input and a failure no retry fixes are logged and acknowledged.
+is the invocation in base64. The platform redelivers an event whose handler fails, so a verdict of
+retry (shared/delivery.py) raises; bad input and a failure no retry fixes are logged and acknowledged.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import binascii
 import logging
 from typing import TYPE_CHECKING, Any
 
-from shared import pipeline, runtime
+from handlers import accept
 from shared.errors import BadInput
-from shared.infra import tracing
-from shared.intake import parse_invocation
 
 if TYPE_CHECKING:
     from cloudevents.abstract import CloudEvent
@@ -28,17 +26,16 @@ class RetryLater(Exception):
 
 
 async def invoke_event(event: CloudEvent) -> None:
-    rt = runtime.get()
-    trace = tracing.log_fields(event)
-    try:
-        invocation = parse_invocation(_invocation_data(event.get_data()), rt.settings.runtime.max_body_bytes)
-    except BadInput as exc:
-        fields = {"event_id": event["id"], "event_type": event["type"], "status": exc.status, "error": exc.error}
-        log.warning("bad invocation event, acknowledged", extra={"fields": {**fields, **trace}})
-        return
-    outcome = await pipeline.run(invocation, rt, delivery_id=event["id"], **trace)
-    if outcome.status == "failed" and outcome.retryable:
-        raise RetryLater(f"{outcome.step} failed ({outcome.kind}): the event will be redelivered")
+    async def data() -> Any:
+        return _invocation_data(event.get_data())
+
+    answer = await accept.run(data, headers=event, authenticate=False, delivery_id=event["id"])
+    verdict = answer.verdict()
+    if verdict.action == "retry":
+        raise RetryLater(f"{verdict.reason}: the event will be redelivered")
+    if verdict.action == "dead_letter" and answer.outcome is None:  # a run logs its own outcome
+        fields = {"event_id": event["id"], "event_type": event["type"], "status": answer.status}
+        log.warning("bad invocation event, acknowledged", extra={"fields": {**fields, "error": verdict.reason}})
 
 
 def _invocation_data(data: Any) -> Any:

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from starlette import responses
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import pipeline, runtime
-from shared.delivery import http_status, retry_headers
+from handlers import accept
+from shared import runtime
 from shared.errors import BadInput
 from shared.health import report
-from shared.infra import jsoncodec, tracing
-from shared.intake import check_auth, parse_invocation
+from shared.infra import jsoncodec
+from shared.infra import metrics as metrics_module
+from shared.intake import check_auth
 
-log = logging.getLogger("agent_runtime.http")
 BODY_READ_TIMEOUT_S = 10.0
 
 
 class JSONResponse(responses.JSONResponse):
-    """Starlette's, rendered by orjson: an outcome costs a tenth of the stdlib's time."""
+    """Starlette's, rendered by orjson (shared/infra/jsoncodec.py), the JSON of the hot path."""
 
     def render(self, content: object) -> bytes:
         return jsoncodec.dumps(content)
@@ -29,27 +28,11 @@ class JSONResponse(responses.JSONResponse):
 
 async def invoke(request: Request) -> JSONResponse:
     """POST an invocation; the response is its outcome."""
-    rt = runtime.get()
-    try:
-        if request.method != "POST":
-            raise BadInput(405, "use POST")
-        secret = rt.settings.runtime.secret
-        check_auth(secret.get_secret_value() if secret else None, request.headers)
-        invocation = parse_invocation(
-            await _read_body(request, rt.settings.runtime.max_body_bytes), rt.settings.runtime.max_body_bytes
-        )
-    except BadInput as exc:
-        return JSONResponse(exc.body(), status_code=exc.status)
-    try:
-        outcome = await pipeline.run(
-            invocation, rt, delivery_id=request.headers.get("idempotency-key"), **tracing.log_fields(request.headers)
-        )
-    except Exception:
-        log.exception("defect while running invocation", extra={"fields": {"agent_id": invocation.agent_id}})
-        return JSONResponse({"error": "internal error"}, status_code=500)
-    return JSONResponse(
-        outcome.model_dump(exclude_none=True), status_code=http_status(outcome), headers=retry_headers(outcome)
-    )
+    if request.method != "POST":
+        return JSONResponse({"error": "use POST"}, status_code=405)
+    limit = runtime.get().settings.runtime.max_body_bytes
+    answer = await accept.run(lambda: _read_body(request, limit), headers=request.headers)
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 # The seed's manual entry point runs the same pipeline and answers with the real outcome.
@@ -70,9 +53,7 @@ async def metrics(request: Request) -> Response:
         check_auth(secret.get_secret_value() if secret else None, request.headers)
     except BadInput as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
-    from shared.infra import metrics as figures  # prometheus-client: only when asked
-
-    body, content_type = figures.exposition()
+    body, content_type = metrics_module.exposition()
     return Response(body, media_type=content_type)
 
 

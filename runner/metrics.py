@@ -12,8 +12,8 @@ forwarded = Counter(
 retried = Counter("runner_invocations_retried_total", "Invocations scheduled for another try", registry=registry)
 dead_lettered = Counter(
     "runner_invocations_dead_lettered_total",
-    "Invocations sent to the dead-letter subject",
-    ["reason"],
+    "Invocations sent to the dead-letter subject, by the status class that sent them there",
+    ["status_class"],
     registry=registry,
 )
 in_flight = Gauge("runner_invocations_in_flight", "Invocations being forwarded right now", registry=registry)

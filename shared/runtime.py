@@ -101,16 +101,16 @@ def get() -> Runtime:
     return _current
 
 
-# Collections are rare per invocation (0.06 with the default 700), but each one that reaches the
-# older generations walks a heap full of what start-up loaded: freezing that and collecting the
-# young generation less often cut the function's CPU per invocation by about a sixth (README).
+# Collections are rare per invocation, but each one that reaches the older generations walks a
+# heap full of what start-up loaded: freezing that and collecting the young generation less often
+# cuts the function's CPU per invocation (docs/performance.md has the figures).
 GC_YOUNG_GENERATION = 20_000
 
 
 def settle_gc() -> None:
     """Once the process has loaded what it serves with: move that out of every later collection
-    (gc.freeze, without a full collection first: that would cost the first request ≈ 20 ms) and
-    collect the young generation less often. bench/ shows the effect."""
+    (gc.freeze, without a full collection first, which the first request would pay for) and
+    collect the young generation less often."""
     global _gc_settled
     if _gc_settled:
         return

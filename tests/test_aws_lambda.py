@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from handlers import aws_lambda
+from handlers import aws_lambda, sqs
 from shared import runtime
 from shared.clients import http as shared_http
 from shared.idempotency import record_key
@@ -339,7 +339,7 @@ def test_an_sqs_batch_reports_exactly_the_records_worth_retrying(stack, aws, que
     batch = receive_as_lambda(queues, list(bodies.values()))
     ids = dict(zip(bodies, (r["messageId"] for r in batch), strict=True))
     visibility: list[dict[str, Any]] = []
-    aws_lambda._sqs().meta.events.register(
+    sqs.client().meta.events.register(
         "provide-client-params.sqs.ChangeMessageVisibility", lambda params, **_: visibility.append(params)
     )
 

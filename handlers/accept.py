@@ -1,0 +1,69 @@
+"""The one accept → run → respond step every trigger shares: authenticate, parse, run the pipeline,
+and turn what happened into a status, a body and the delivery verdict. A crash becomes a 500 here
+and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import delivery, pipeline, runtime
+from shared.contracts import Outcome
+from shared.errors import BadInput
+from shared.infra import tracing
+from shared.intake import check_auth, parse_invocation
+
+log = logging.getLogger("agent_runtime.accept")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What became of one invocation: the HTTP status, body and headers, and the outcome if it ran."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    outcome: Outcome | None = None
+
+    def verdict(self) -> delivery.Verdict:
+        """What a queue transport does with it: ack, retry later, or dead-letter."""
+        if self.outcome is not None:
+            return delivery.verdict(self.outcome)
+        return delivery.decide(self.status, error=self.body.get("error"))
+
+
+async def run(
+    read: Callable[[], Awaitable[bytes | str | dict[str, Any]]],
+    *,
+    headers: Mapping[str, Any] | None = None,
+    authenticate: bool = True,
+    delivery_id: str | None = None,
+    **log_fields: str | None,
+) -> Answer:
+    """Accept one invocation (``read`` gives its body, once authenticated) and answer it."""
+    rt = runtime.get()
+    headers = headers or {}
+    try:
+        if authenticate:
+            secret = rt.settings.runtime.secret
+            check_auth(secret.get_secret_value() if secret else None, headers)
+        invocation = parse_invocation(await read(), rt.settings.runtime.max_body_bytes)
+    except BadInput as exc:
+        return Answer(exc.status, exc.body())
+    try:
+        outcome = await pipeline.answer(
+            invocation,
+            rt,
+            delivery_id=delivery_id or headers.get("idempotency-key"),
+            **log_fields,
+            **tracing.log_fields(headers),
+        )
+    except Exception:
+        fields = {"agent_id": invocation.agent_id, "delivery_id": delivery_id}
+        log.exception("defect while running invocation", extra={"fields": fields})
+        return Answer(500, {"error": "internal error"})
+    return Answer(
+        delivery.http_status(outcome), outcome.model_dump(exclude_none=True), delivery.retry_headers(outcome), outcome
+    )
