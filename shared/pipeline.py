@@ -239,6 +239,7 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
             metadata={"agent_id": run.agent_id, "microdao_id": run.microdao_id, "channel_id": run.channel_id},
             tools=toolbox.specs,
             allow_tools=round_ < rounds,
+            tool_marker=None if native else toolbox.marker,
         )
         completion = await ask_llm(run, request, blueprint.name)
         if not completion.tool_calls or round_ == rounds:
@@ -246,7 +247,14 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         with run.step("tools"):
             messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, run.deadline)]
         run.side_effects = toolbox.side_effects
-    reply = completion.text or mock_llm.reply(task.asked, blueprint.name)
+    if toolbox.capped:
+        run.outcome.notes.append(f"tool_calls_capped: {toolbox.capped} not run")
+    reply = completion.text
+    if not reply:  # the last round said nothing: the mock's words are posted, and the outcome says so
+        reply = mock_llm.reply(task.asked, blueprint.name)
+        if run.outcome.llm_source == "llm":
+            run.outcome.llm_source = "mock"
+            run.outcome.notes.append("llm_empty_reply")
     return reply[: cfg.runtime.max_reply_chars]
 
 

@@ -18,7 +18,7 @@ from shared.contracts import ChannelMessage
 from shared.errors import DependencyError
 from shared.infra.deadline import Deadline
 from shared.llm import Completion, ToolCall, ToolSpec
-from shared.llm.text_tools import text_protocol
+from shared.llm.text_tools import new_marker, text_protocol
 
 BUILT_IN = "summarize_channel"
 _TEXT = {"type": "string"}
@@ -47,8 +47,8 @@ def spec(name: str) -> ToolSpec:
 
 
 @lru_cache(maxsize=256)
-def _text_protocol(names: tuple[str, ...]) -> str:
-    return text_protocol([spec(name) for name in names])
+def _specs(names: tuple[str, ...]) -> list[ToolSpec]:
+    return [spec(name) for name in names]
 
 
 @dataclass
@@ -62,23 +62,41 @@ class Toolbox:
     context: dict[str, Any]  # channel, trigger: what toolcore and the PDP are told
     history: list[ChannelMessage]
     max_result_chars: int
+    max_calls_per_turn: int = 3
+    max_calls_per_run: int = 5
     calls: list[dict[str, str]] = field(default_factory=list)  # {"tool", "result"}, for the outcome
     side_effects: bool = False  # a toolcore call may have changed something: never run this trigger again
+    capped: int = 0  # calls past the caps, not run
+    marker: str = field(default_factory=new_marker)  # this run's text protocol marker
+    _answers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # a call's first answer
 
     @property
     def specs(self) -> list[ToolSpec]:
-        return [spec(name) for name in self.names]
+        return _specs(tuple(self.names))
 
     def text_protocol(self) -> str | None:
-        """How a model without native tools is told about these (written once per set of names)."""
-        return _text_protocol(tuple(self.names)) if self.names else None
+        """How a model without native tools is told about these, with this run's marker."""
+        return text_protocol(self.specs, self.marker) if self.names else None
 
     async def run(self, calls: list[ToolCall], deadline: Deadline) -> list[dict[str, Any]]:
-        """The tool turns that answer ``calls``, in order."""
-        turns = []
+        """The tool turns that answer ``calls``, in order. A call repeated with the same arguments gets
+        its first answer and runs once per message; calls past the caps are not run, and the model is told."""
+        turns, ran = [], 0
         for call in calls:
-            result, answer = await self._call(call, deadline)
-            self.calls.append({"tool": call.name, "result": result})
+            key = (call.name, json.dumps(call.arguments, sort_keys=True, default=str))
+            answer = self._answers.get(key)
+            if answer is None and (ran >= self.max_calls_per_turn or len(self.calls) >= self.max_calls_per_run):
+                self.capped += 1
+                answer = {
+                    "ok": False,
+                    "error": f"not run: at most {self.max_calls_per_turn} tool calls a turn "
+                    f"and {self.max_calls_per_run} a message",
+                }
+            elif answer is None:
+                result, answer = await self._call(call, deadline)
+                self.calls.append({"tool": call.name, "result": result})
+                self._answers[key] = answer
+                ran += 1
             content = _fitted(answer, self.max_result_chars)
             turns.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content})
         return turns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from starlette.applications import Starlette
@@ -10,6 +11,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from standins.server import FaultTable, check_secret
+
+TOOL_MARKER = re.compile(r"TOOL\[[0-9a-f]+\]:")  # the runtime's per-run tool marker, in its system turn
 
 
 class LlmStandIn:
@@ -39,6 +42,9 @@ class LlmStandIn:
         self.requests.append(body)
         last_user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         content = self.script.pop(0) if self.script else f"LLM reply to: {last_user}"
+        if "{tool}" in content:  # a model that follows the text tool protocol uses the marker it was given
+            marker = TOOL_MARKER.search(next((m["content"] for m in body.get("messages", [])), ""))
+            content = content.replace("{tool}", marker.group(0) if marker else "TOOL:")
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         if self.style == "openai":
             return JSONResponse(

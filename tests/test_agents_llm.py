@@ -32,7 +32,7 @@ async def test_openai_provider_speaks_chat_completions(stack, configure, client)
     assert stack.openai.headers[0]["authorization"] == "Bearer test-key"
     assert body["model"] == "gpt-4" and body["messages"][-1] == {"role": "user", "content": "hello"}
     assert {t["function"]["name"] for t in body["tools"]} == {"create_task", "create_followup", "summarize_channel"}
-    assert body["tool_choice"] == "auto" and "TOOL:" not in body["messages"][0]["content"]
+    assert body["tool_choice"] == "auto" and "TOOL[" not in body["messages"][0]["content"]
 
 
 async def test_anthropic_provider_speaks_messages(stack, configure, client):

@@ -7,7 +7,7 @@ import json
 from standins.server import Fault
 from tests.conftest import invocation
 
-CREATE = 'TOOL: create_task {"title": "Write the budget"}'
+CREATE = '{tool} create_task {"title": "Write the budget"}'  # {tool}: the run's marker
 
 
 async def _ask(stack, client, text: str = "please make a task for the budget") -> tuple[str, dict]:
@@ -36,7 +36,7 @@ async def test_a_permitted_tool_runs_and_its_result_goes_back_to_the_llm(stack, 
     assert call["tool_id"] == "task.create" and call["args"] == {"title": "Write the budget"}
     assert call["agent_id"] == "agent:sofia" and call["microdao_id"] == "microdao:daarion"
     first, second = stack.llm.requests
-    assert "TOOL: <name>" in first["messages"][0]["content"]  # the protocol is explained to llm-proxy
+    assert "TOOL[" in first["messages"][0]["content"]  # the protocol is explained to llm-proxy
     assert _tool_result(second)["ok"] is True and _tool_result(second)["result"]["title"] == "Write the budget"
     assert stack.messaging.replies_to(channel)[0]["text"] == "Created the task."
 
@@ -80,7 +80,7 @@ async def test_a_tool_that_acted_is_not_run_again_when_the_post_fails(stack, cli
 
 
 async def test_summarize_channel_is_built_in(stack, client):
-    stack.llm.script = ["TOOL: summarize_channel {}", "Here is the gist."]
+    stack.llm.script = ["{tool} summarize_channel {}", "Here is the gist."]
 
     _, outcome = await _ask(stack, client, "summarise the channel please")
 
@@ -131,7 +131,7 @@ async def test_the_mock_creates_a_task_without_an_llm(stack, configure, client):
 
 
 async def test_a_tool_the_blueprint_lacks_is_refused(stack, client):
-    stack.llm.script = ["TOOL: list_projects {}", "ok"]  # Sofia has no list_projects
+    stack.llm.script = ["{tool} list_projects {}", "ok"]  # Sofia has no list_projects
 
     _, outcome = await _ask(stack, client)
 

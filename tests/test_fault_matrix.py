@@ -36,7 +36,7 @@ from tests.runner_support import eventually
 DEADLINE_S = 4.0
 TIMEOUT_S = "0.3"
 HUGE = {"pad": "x" * (5 * 1024 * 1024)}  # past the 4 MiB cap on any dependency's answer
-CREATE = 'TOOL: create_task {"title": "Write the budget"}'
+CREATE = '{tool} create_task {"title": "Write the budget"}'  # {tool}: the run's marker
 
 FAULTS: dict[str, Callable[[], Fault] | None] = {
     "down": None,  # nothing listens where the dependency should be

@@ -20,11 +20,11 @@ from shared.contracts import ChannelMessage, Invocation
 from shared.errors import BadInput, DependencyError
 from shared.infra.deadline import Deadline
 from shared.intake import parse_invocation
-from shared.llm import Completion
+from shared.llm import ChatRequest, Completion, text_tools
 from shared.llm.anthropic import AnthropicProvider
 from shared.llm.openai import OpenAiProvider
 from shared.llm.proxy import ProxyProvider
-from shared.llm.text_tools import TOOL_LINE, parse_tool_lines
+from shared.llm.text_tools import new_marker, parse_tool_lines
 
 FAST = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MAX = 4096
@@ -231,7 +231,7 @@ def test_llm_answer_parsers(data):
     for provider in (ProxyProvider, OpenAiProvider, AnthropicProvider):
         if not isinstance(data, dict):
             continue
-        completion = provider(None).parse(data)  # type: ignore[arg-type]
+        completion = provider(None).parse(data, REQUEST)  # type: ignore[arg-type]
         assert completion is None or (
             isinstance(completion, Completion)
             and isinstance(completion.text, str)
@@ -244,12 +244,18 @@ def test_llm_answer_parsers(data):
             json.dumps(completion.as_message())  # what goes back to the provider next round
 
 
+MARKER = new_marker()
+REQUEST = ChatRequest("gpt-4", [], 10, 0.5, {}, tool_marker=MARKER)
+
+
 @FAST
-@given(st.text(max_size=500))
-def test_tool_lines(text):
-    completion = parse_tool_lines(text)
-    assert not TOOL_LINE.search(completion.text)  # every request is taken out of the text
+@given(st.text(max_size=500), st.lists(st.text(max_size=60), max_size=3))
+def test_tool_lines(text, requests):
+    mixed = "\n".join([text, *(f"{MARKER} {r}" for r in requests)])
+    completion = parse_tool_lines(mixed, MARKER)
+    assert not text_tools._pattern(MARKER).search(completion.text)  # every request is taken out of the text
     assert all(c.arguments is None or isinstance(c.arguments, dict) for c in completion.tool_calls)
+    assert parse_tool_lines(text, None).tool_calls == []  # no marker, no tools
 
 
 @FAST

@@ -49,7 +49,7 @@ class AnthropicProvider(Provider):
             body["tool_choice"] = {"type": "auto" if request.allow_tools else "none"}
         return body
 
-    def parse(self, data: dict[str, Any]) -> Completion | None:
+    def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
         blocks = data.get("content")
         if not isinstance(blocks, list):
             return None

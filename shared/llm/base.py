@@ -63,6 +63,7 @@ class ChatRequest:
     metadata: dict[str, Any]
     tools: list[ToolSpec] = field(default_factory=list)
     allow_tools: bool = True  # False: the model must answer in text now
+    tool_marker: str | None = None  # the text protocol's marker for this run (text_tools.py)
 
 
 class Provider:
@@ -82,7 +83,7 @@ class Provider:
                 "llm", "unavailable", "no LLM configured (its url is empty)", retryable=False, sent=False
             )
         data = await self.endpoint.call("POST", self.path, deadline, json_body=self.body(request))
-        completion = self.parse(data) if isinstance(data, dict) else None
+        completion = self.parse(data, request) if isinstance(data, dict) else None
         if completion is None or not (completion.text.strip() or completion.tool_calls):
             raise DependencyError("llm", "bad_response", "empty completion", retryable=True)
         completion.text = completion.text.strip()
@@ -96,6 +97,6 @@ class Provider:
     def body(self, request: ChatRequest) -> dict[str, Any]:
         raise NotImplementedError
 
-    def parse(self, data: dict[str, Any]) -> Completion | None:
+    def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
         """The answer as a completion; None when it is not of the API's shape."""
         raise NotImplementedError

@@ -41,7 +41,7 @@ class OpenAiProvider(Provider):
             body["tool_choice"] = "auto" if request.allow_tools else "none"
         return body
 
-    def parse(self, data: dict[str, Any]) -> Completion | None:
+    def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
         return openai_completion(data)
 
 

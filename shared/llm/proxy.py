@@ -23,17 +23,17 @@ class ProxyProvider(Provider):
     def body(self, request: ChatRequest) -> dict[str, Any]:
         return {
             "model": request.model,
-            "messages": [plain_turn(m) for m in request.messages],
+            "messages": [plain_turn(m, request.tool_marker) for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "metadata": request.metadata,  # the proxy rate-limits per metadata.agent_id
         }
 
-    def parse(self, data: dict[str, Any]) -> Completion | None:
-        """The flat llm-proxy answer, or an OpenAI-style one; TOOL lines become tool calls."""
+    def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
+        """The flat llm-proxy answer, or an OpenAI-style one; this run's tool lines become tool calls."""
         if isinstance(data.get("content"), str):
-            return parse_tool_lines(data["content"])
+            return parse_tool_lines(data["content"], request.tool_marker)
         completion = openai_completion(data)
         if completion is not None and not completion.tool_calls:
-            return parse_tool_lines(completion.text)
+            return parse_tool_lines(completion.text, request.tool_marker)
         return completion
