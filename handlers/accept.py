@@ -12,6 +12,7 @@ from typing import Any
 from shared import delivery, pipeline, runtime
 from shared.contracts import Outcome
 from shared.errors import BadInput
+from shared.health import report
 from shared.infra import tracing
 from shared.intake import check_auth, parse_invocation
 
@@ -67,3 +68,16 @@ async def run(
     return Answer(
         delivery.http_status(outcome), outcome.model_dump(exclude_none=True), delivery.retry_headers(outcome), outcome
     )
+
+
+async def health(query: Mapping[str, Any], headers: Mapping[str, Any]) -> Answer:
+    """The health body; ``?deep=1`` asks every dependency, and needs the secret when one is set."""
+    rt = runtime.get()
+    deep = query.get("deep") in ("1", "true", "yes")
+    if deep:
+        secret = rt.settings.runtime.secret
+        try:
+            check_auth(secret.get_secret_value() if secret else None, headers)
+        except BadInput as exc:
+            return Answer(exc.status, exc.body())
+    return Answer(200, await report(rt, deep=deep))

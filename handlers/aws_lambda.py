@@ -18,8 +18,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 from handlers import accept, sqs
-from shared import health as health_report
-from shared import runtime
 from shared.errors import BadInput
 
 _loop = asyncio.new_event_loop()
@@ -44,8 +42,8 @@ def test_channel(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def health(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """GET /health; ?deep=1 asks every dependency."""
-    deep = (event.get("queryStringParameters") or {}).get("deep") in ("1", "true", "yes")
-    return _response(200, run(health_report.report(runtime.get(), deep=deep)))
+    answer = run(accept.health(event.get("queryStringParameters") or {}, event.get("headers") or {}))
+    return _response(answer.status, answer.body)
 
 
 # --- API Gateway HTTP API ---------------------------------------------------------------------

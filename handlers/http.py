@@ -11,7 +11,6 @@ from starlette.responses import Response
 from handlers import accept
 from shared import runtime
 from shared.errors import BadInput
-from shared.health import report
 from shared.infra import jsoncodec
 from shared.infra import metrics as metrics_module
 from shared.intake import check_auth
@@ -41,8 +40,8 @@ test_channel = invoke
 
 async def health(request: Request) -> JSONResponse:
     """The seed's body; with ?deep=1, what each dependency answers when asked."""
-    deep = request.query_params.get("deep") in ("1", "true", "yes")
-    return JSONResponse(await report(runtime.get(), deep=deep))
+    answer = await accept.health(request.query_params, request.headers)
+    return JSONResponse(answer.body, status_code=answer.status)
 
 
 async def metrics(request: Request) -> Response:

@@ -1,12 +1,22 @@
-"""The health body every trigger answers: the seed's fields, plus what each dependency says when asked."""
+"""The health body every trigger answers: the seed's fields, plus what each dependency says when asked.
+
+Deep results are shared and kept for ``DEEP_TTL_S``: however many ask at once, one probe of each
+dependency is in flight, so deep health cannot be turned into a flood of calls that carry secrets.
+The body names a dependency and its state, never an address.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+from shared.clients.http import Endpoint
 from shared.infra.deadline import Deadline
 from shared.runtime import Runtime
+
+DEEP_TTL_S = 5.0
+_deep: tuple[Runtime, float, asyncio.Future[dict[str, Any]]] | None = None  # runtime, asked at, answer
 
 
 async def report(rt: Runtime, *, deep: bool) -> dict[str, Any]:
@@ -18,14 +28,38 @@ async def report(rt: Runtime, *, deep: bool) -> dict[str, Any]:
         "nats_connected": rt.nats_connected(),
     }
     if deep:
-        deadline = Deadline(min(5.0, s.runtime.deadline_s))
-        names = ("messaging", "memory", "llm")
-        probes = (
-            rt.messaging.endpoint.probe("/health", deadline),
-            rt.memory.endpoint.probe("/health", deadline),
-            rt.llm.endpoint.probe(rt.llm.probe_path, deadline),
-        )
-        body["dependencies"] = dict(zip(names, await asyncio.gather(*probes), strict=True))
+        body["dependencies"] = await _dependencies(rt)
         if not all(d["ok"] for d in body["dependencies"].values()):
             body["status"] = "degraded"
     return body
+
+
+async def _dependencies(rt: Runtime) -> dict[str, Any]:
+    """The probes' answer, from the last DEEP_TTL_S or a probe already under way."""
+    global _deep
+    now = time.monotonic()
+    if _deep is None or _deep[0] is not rt or now - _deep[1] > DEEP_TTL_S:
+        _deep = (rt, now, asyncio.ensure_future(_probe(rt)))
+    return dict(await asyncio.shield(_deep[2]))
+
+
+async def _probe(rt: Runtime) -> dict[str, Any]:
+    deadline = Deadline(min(5.0, rt.settings.runtime.deadline_s))
+    names = ("messaging", "memory", "llm")
+    probes = (
+        _state(rt.messaging.endpoint, "/health", deadline),
+        _state(rt.memory.endpoint, "/health", deadline),
+        _state(rt.llm.endpoint, rt.llm.probe_path, deadline) if rt.llm.configured else _mock(),
+    )
+    return dict(zip(names, await asyncio.gather(*probes), strict=True))
+
+
+async def _mock() -> dict[str, Any]:
+    return {"ok": True, "provider": "mock"}  # no LLM configured: the keyword mock answers
+
+
+async def _state(endpoint: Endpoint, path: str, deadline: Deadline) -> dict[str, Any]:
+    """What one dependency answers: ok, or the kind of failure and its status; not the error's text,
+    which can name an internal address."""
+    answer = await endpoint.probe(path, deadline)
+    return {key: value for key, value in answer.items() if key != "error"}

@@ -261,7 +261,7 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
 async def ask_llm(run: Run, request: ChatRequest, agent_name: str) -> Completion:
     """The LLM's next turn; the mock's once the LLM failed and the fallback is on (noted, counted)."""
     rt = run.rt
-    if run.outcome.llm_source != "mock":
+    if run.outcome.llm_source != "mock" and rt.llm.configured:  # with no LLM configured the mock is the provider
         with run.step("llm", optional=rt.settings.llm.mock_fallback):
             try:
                 completion = await rt.llm.complete(request, run.deadline)

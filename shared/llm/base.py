@@ -77,8 +77,13 @@ class Provider:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
+    @property
+    def configured(self) -> bool:
+        """False when no LLM is configured (its url is empty): the keyword mock is the provider then."""
+        return bool(self.endpoint.base_url)
+
     async def complete(self, request: ChatRequest, deadline: Deadline) -> Completion:
-        if not self.endpoint.base_url:  # no LLM configured: the keyword mock answers, when allowed
+        if not self.configured:
             raise DependencyError(
                 "llm", "unavailable", "no LLM configured (its url is empty)", retryable=False, sent=False
             )

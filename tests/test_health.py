@@ -1,0 +1,100 @@
+"""Deep health: it needs the secret when one is set, it cannot be turned into a flood of outbound
+calls, and its body names a dependency and its state, never an address."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import free_port
+
+SECRET = "health-secret"
+
+
+@pytest.fixture
+async def counted():
+    """A dependency whose /health answers slowly and counts how often it is asked."""
+    asked = []
+
+    async def health(request: web.Request) -> web.Response:
+        asked.append(request.headers.get("X-Internal-Secret"))
+        await asyncio.sleep(0.2)
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}", asked
+    await runner.cleanup()
+
+
+async def test_deep_health_needs_the_secret_when_one_is_set(stack, configure, client):
+    configure(AGENT_RUNTIME_SECRET=SECRET)
+
+    assert (await client.get("/health")).status_code == 200  # shallow health stays open
+    assert (await client.get("/health?deep=1")).status_code == 401
+    assert (await client.get("/health?deep=1", headers={"X-Internal-Secret": "wrong"})).status_code == 403
+    deep = await client.get("/health?deep=1", headers={"X-Internal-Secret": SECRET})
+    assert deep.status_code == 200 and set(deep.json()["dependencies"]) == {"messaging", "memory", "llm"}
+
+
+async def test_many_deep_health_requests_make_one_probe(stack, configure, client, counted):
+    url, asked = counted
+    configure(AGENT_MEMORY_URL=url, MEMORY_ORCHESTRATOR_SECRET="memory-secret")
+
+    answers = await asyncio.gather(*(client.get("/health?deep=1") for _ in range(200)))
+    again = await client.get("/health?deep=1")
+
+    assert {a.status_code for a in answers} == {200} and again.status_code == 200
+    assert all(a.json()["dependencies"]["memory"]["ok"] for a in [*answers, again])
+    assert asked == ["memory-secret"]  # one call carrying the secret, not one per request
+
+
+async def test_deep_health_names_no_address(stack, configure, client):
+    port = free_port()
+    configure(AGENT_MEMORY_URL=f"http://127.0.0.1:{port}")
+
+    body = (await client.get("/health?deep=1")).json()
+
+    assert body["status"] == "degraded"
+    assert body["dependencies"]["memory"]["ok"] is False and body["dependencies"]["memory"]["kind"] == "unavailable"
+    text = str(body)
+    assert "127.0.0.1" not in text and str(port) not in text
+
+
+async def test_with_no_llm_configured_the_mock_is_the_provider(stack, configure, client, logs):
+    configure(LLM_PROXY_URL="")
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+
+    health = (await client.get("/health?deep=1")).json()
+    outcome = (
+        await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})
+    ).json()
+    metrics = (await client.get("/metrics")).text
+
+    assert health["status"] == "ok" and health["dependencies"]["llm"] == {"ok": True, "provider": "mock"}
+    assert outcome["status"] == "replied" and outcome["llm_source"] == "mock"
+    assert not any(note.startswith("llm_degraded") for note in outcome["notes"])
+    assert 'result="error"' not in metrics
+
+
+async def test_a_configured_llm_that_fails_is_still_degraded_noted_and_counted(stack, configure, client):
+    configure(LLM_PROXY_URL=f"http://127.0.0.1:{free_port()}")
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+
+    health = (await client.get("/health?deep=1")).json()
+    outcome = (
+        await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})
+    ).json()
+    metrics = (await client.get("/metrics")).text
+
+    assert health["status"] == "degraded" and health["dependencies"]["llm"]["ok"] is False
+    assert outcome["llm_source"] == "mock" and "llm_degraded: unavailable" in outcome["notes"]
+    assert 'agent_runtime_llm_calls_total{agent_id="agent:sofia",provider="proxy",result="error"}' in metrics
