@@ -18,7 +18,6 @@ class Failure(Exception):
         self.kind = kind
         self.retryable = retryable
         self.retry_after = retry_after  # seconds a retry should wait, when known
-        self.uncertain = False  # the failed action may have taken effect
 
 
 class DependencyError(Failure):
@@ -34,13 +33,11 @@ class DependencyError(Failure):
         retryable: bool,
         sent: bool = True,
         retry_after: float | None = None,
-        uncertain: bool = False,
     ) -> None:
         self.dependency = dependency
         super().__init__(kind, message, retryable=retryable, retry_after=retry_after)
         self.status = status
         self.sent = sent  # False only when the request provably never reached the service
-        self.uncertain = uncertain
 
 
 class Busy(Failure):

@@ -57,8 +57,9 @@ async def _phases(run: Run) -> Outcome:
     except Skip as skip:
         return run.skipped(skip.reason)
     except StepFailed as failure:
-        if failure.error.uncertain or run.side_effects:
-            await run.finish_claim()  # never post or act twice
+        if run.side_effects:
+            await run.finish_claim()  # a tool acted: never act twice, even if the reply is lost
+        # else the claim is released below; an uncertain post's marker stays for the retry to look
         return run.failed(failure.step, failure.error)
     except Busy as busy:  # another run owns the message (or took it over)
         return run.failed("idempotency", busy)
@@ -79,6 +80,8 @@ async def agent(run: Run) -> tuple[Blueprint, PromptVariant | None]:
         loaded = await run.rt.blueprints.load(run.agent_id, run.deadline)
     run.outcome.blueprint_source = loaded.source
     run.outcome.notes.extend(loaded.notes)
+    if not loaded.known:
+        raise Skip("unknown_agent")  # not answered in a real channel unless agents.allow_unknown says so
     if not loaded.blueprint.active:
         raise Skip("agent_inactive")
     variant = pick_variant(loaded.blueprint, run.channel_id)

@@ -368,18 +368,36 @@ async def test_a_claim_that_expired_before_posting_is_answered_whatever_the_chan
     assert outcome["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
 
 
-async def test_a_gateway_error_on_post_is_never_sent_again(stack, client):
-    stack.messaging.faults.set("post", Fault(status=504, times=1))  # a proxy lost the upstream mid-request
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_an_uncertain_post_that_landed_is_not_sent_again(stack, client, status):
+    """A proxy forwarded the post, then answered 5xx: the retry finds the reply and posts nothing."""
+    stack.messaging.faults.set("post", Fault(status=status, times=1))
     channel = stack.channel()
     message = stack.messaging.add_message(channel, "hello")
     body = invocation(channel, message_id=message["id"])
 
     first = await client.post("/invoke", json=body)
-    again = await client.post("/invoke", json=body)
+    landed = stack.messaging.add_message(channel, "LLM reply to: hello", sender_id="agent:sofia", sender_type="agent")
+    again = (await client.post("/invoke", json=body)).json()
 
-    assert first.status_code == 424 and first.json()["step"] == "post" and first.json()["retryable"] is False
-    assert again.json()["status"] == "skipped" and again.json()["reason"] == "duplicate"
+    assert first.status_code in (502, 503, 504) and first.json()["step"] == "post" and first.json()["retryable"]
+    assert again["status"] == "skipped" and again["reason"] == "duplicate" and again["message_id"] == landed["id"]
+    assert "recovered: an earlier run posted this reply" in again["notes"]
     assert stack.messaging.faults.calls["post"] == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_an_uncertain_post_that_did_not_land_is_posted_by_the_retry(stack, client, status):
+    stack.messaging.faults.set("post", Fault(status=status, times=1))
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "hello")
+    body = invocation(channel, message_id=message["id"])
+
+    first = await client.post("/invoke", json=body)
+    again = (await client.post("/invoke", json=body)).json()
+
+    assert first.json()["retryable"] is True
+    assert again["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
 
 
 async def test_post_refused_to_connect_is_retried(stack, configure, client):
@@ -450,3 +468,15 @@ async def test_one_channel_is_answered_in_arrival_order(stack, client):
     await task
 
     assert [p["text"] for p in stack.messaging.replies_to(channel)] == ["LLM reply to: first", "LLM reply to: second"]
+
+
+@pytest.mark.parametrize("history", [[{"id": 1}, 5, None, "x"], [{"text": "no id"}]])
+async def test_a_history_of_nothing_but_malformed_elements_is_a_bad_answer_not_an_empty_channel(
+    stack, client, history
+):
+    channel = stack.channel()
+    stack.messaging.faults.set("history", Fault(status=200, body=history, times=1))
+
+    first = await client.post("/invoke", json=invocation(channel))
+
+    assert first.status_code == 502 and first.json()["step"] == "history" and first.json()["retryable"] is True

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from pydantic import TypeAdapter, ValidationError
 
 from shared.clients.http import Endpoint
-from shared.contracts import ChannelMessage
+from shared.contracts import ChannelMessage, FailureKind
 from shared.errors import DependencyError
 from shared.infra.deadline import Deadline
 
@@ -36,6 +36,10 @@ class MessagingClient:
             messages = _HISTORY.validate_python(data)  # the usual case: one call for the whole list
         except ValidationError:
             messages = _valid_elements(data)
+            if not messages:  # not an empty channel: a broken answer, which a retry may fix
+                raise DependencyError(
+                    "messaging", "bad_response", "no element of the history is a message", retryable=True
+                ) from None
         messages.sort(key=lambda m: m.created_at)
         return messages
 
@@ -53,13 +57,15 @@ class MessagingClient:
             )
         except DependencyError as exc:
             if exc.sent and exc.status is None:
-                raise _uncertain(f"{exc.kind} after sending") from None
-            if exc.status in GATEWAY_UNSURE:
-                raise _uncertain(f"answered HTTP {exc.status} by a gateway") from None
-            raise  # 500 is the contract's "Matrix send failed": nothing was posted, a retry may help
+                raise _uncertain(exc.kind, f"{exc.kind} after sending") from None
+            if exc.status is not None and exc.status >= 500:
+                # messaging-service's own 500 means nothing was posted, but a proxy in front of it may
+                # answer 5xx for a request it already forwarded: the retry looks before posting
+                raise _uncertain(exc.kind, f"answered HTTP {exc.status}") from None
+            raise  # a 4xx: nothing was posted
         message_id = data.get("message_id") if isinstance(data, dict) else None
         if not message_id:
-            raise _uncertain("answered without a message_id")
+            raise _uncertain("bad_response", "answered without a message_id")
         return str(message_id)
 
 
@@ -77,17 +83,9 @@ def _valid_elements(data: list) -> list[ChannelMessage]:
     return messages
 
 
-# A proxy in front of messaging-service answers these when it lost the upstream mid-request: the
-# post may have gone through.
-GATEWAY_UNSURE = frozenset({502, 504})
-
-
-def _uncertain(what: str) -> DependencyError:
-    # The request reached the service, so the reply may be in the channel: never send it twice.
+def _uncertain(kind: FailureKind, what: str) -> DependencyError:
+    # The request reached the service, so the reply may be in the channel: a retry looks for it
+    # (the record is marked) and posts only if it is not there.
     return DependencyError(
-        "messaging",
-        "bad_response",
-        f"post {what}; the reply may be posted, not sent again",
-        retryable=False,
-        uncertain=True,
+        "messaging", kind, f"post {what}; the reply may be posted: a retry looks first", retryable=True
     )

@@ -46,7 +46,9 @@ class IdempotencyStore(Protocol):
         record over: the caller must not post then."""
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None: ...
-    async def release(self, key: str, token: str) -> None: ...
+    async def release(self, key: str, token: str) -> None:
+        """The owner gives the record back unanswered. One it marked as posting stays, expired, so
+        whoever claims it next is told (``Claim.posted``) and looks for the reply before posting."""
 
 
 def new_token() -> str:

@@ -58,6 +58,7 @@ class DynamoDbStore:
         self.table = table
         self._clock = clock  # wall time: containers on different hosts compare expiries
         self._client: Any = None
+        self._marked: set[tuple[str, str]] = set()  # (key, token) this process marked as posting
 
     @classmethod
     def from_settings(cls, s: Settings) -> DynamoDbStore:
@@ -114,9 +115,11 @@ class DynamoDbStore:
             )
         except _ConditionFailed:
             return False  # taken over: not ours to post for
+        self._marked.add((key, token))
         return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
+        self._marked.discard((key, token))
         now = self._clock()
         try:
             await self._call(
@@ -137,14 +140,20 @@ class DynamoDbStore:
             pass  # no longer ours: it expired and another run took it over
 
     async def release(self, key: str, token: str) -> None:
+        condition = {
+            "Key": {KEY_ATTRIBUTE: {"S": key}},
+            "ConditionExpression": "#token = :token",
+            "ExpressionAttributeNames": _names("#token"),
+            "ExpressionAttributeValues": {":token": {"S": token}},
+        }
         try:
-            await self._call(
-                "delete_item",
-                Key={KEY_ATTRIBUTE: {"S": key}},
-                ConditionExpression="#token = :token",
-                ExpressionAttributeNames=_names("#token"),
-                ExpressionAttributeValues={":token": {"S": token}},
-            )
+            if (key, token) in self._marked:  # a reply may be out: expire it, marker and all
+                self._marked.discard((key, token))
+                condition["ExpressionAttributeNames"].update(_names("#live"))
+                condition["ExpressionAttributeValues"][":past"] = {"N": "0"}
+                await self._call("update_item", UpdateExpression="SET #live = :past", **condition)
+            else:
+                await self._call("delete_item", **condition)
         except _ConditionFailed:
             pass
 

@@ -52,8 +52,13 @@ class InProcessStore:
             self._put(key, _Record(ClaimState.COMPLETE, token, time.monotonic() + ttl_s, result))
 
     async def release(self, key: str, token: str) -> None:
-        if self._owned(key, token):
+        if not self._owned(key, token):
+            return
+        record = self._records[key]
+        if record.posting is None:
             del self._records[key]
+        else:  # a reply may be out: the next claim takes the record over, marker and all
+            self._records[key] = record._replace(expires_at=0.0)
 
     def _owned(self, key: str, token: str) -> bool:
         record = self._records.get(key)

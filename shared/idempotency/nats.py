@@ -70,7 +70,10 @@ class NatsKvStore:
         async with _unavailable_as_dependency_error():
             kv = await self._kv()
             try:
-                await kv.delete(_name(key), last=mine[0])
+                if mine[1].get("posting"):  # a reply may be out: expire it, marker and all
+                    await kv.update(_name(key), jsoncodec.dumps({**mine[1], "expires_at": 0}), last=mine[0])
+                else:
+                    await kv.delete(_name(key), last=mine[0])
             except APIError as exc:
                 if exc.err_code not in _WRONG_LAST_SEQUENCE:
                     raise  # else taken over since: not ours to free
