@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from shared.clients.http import Endpoint
+from shared.errors import DependencyError
 from shared.infra.deadline import Deadline
 from shared.runtime import Runtime
 
@@ -27,6 +28,12 @@ async def report(rt: Runtime, *, deep: bool) -> dict[str, Any]:
         "version": s.version,
         "nats_connected": rt.nats_connected(),
     }
+    backend = s.idempotency.backend
+    if backend != "memory":  # a shared store: what its last call said, at no cost
+        failing = rt.idempotency.failing
+        body["idempotency"] = {"backend": backend, "ok": failing is None, **({"kind": failing} if failing else {})}
+        if failing:
+            body["status"] = "degraded"
     if deep:
         body["dependencies"] = await _dependencies(rt)
         if not all(d["ok"] for d in body["dependencies"].values()):
@@ -45,13 +52,25 @@ async def _dependencies(rt: Runtime) -> dict[str, Any]:
 
 async def _probe(rt: Runtime) -> dict[str, Any]:
     deadline = Deadline(min(5.0, rt.settings.runtime.deadline_s))
-    names = ("messaging", "memory", "llm")
-    probes = (
-        _state(rt.messaging.endpoint, "/health", deadline),
-        _state(rt.memory.endpoint, "/health", deadline),
-        _state(rt.llm.endpoint, rt.llm.probe_path, deadline) if rt.llm.configured else _mock(),
-    )
-    return dict(zip(names, await asyncio.gather(*probes), strict=True))
+    probes = {
+        "messaging": _state(rt.messaging.endpoint, "/health", deadline),
+        "memory": _state(rt.memory.endpoint, "/health", deadline),
+        "llm": _state(rt.llm.endpoint, rt.llm.probe_path, deadline) if rt.llm.configured else _mock(),
+    }
+    if rt.settings.idempotency.backend != "memory":
+        probes["idempotency"] = _store(rt, deadline)
+    return dict(zip(probes, await asyncio.gather(*probes.values()), strict=True))
+
+
+async def _store(rt: Runtime, deadline: Deadline) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(rt.idempotency.probe(), deadline.remaining())
+        state: dict[str, Any] = {"ok": True}
+    except (DependencyError, TimeoutError) as exc:
+        state = {"ok": False, "kind": getattr(exc, "kind", "timeout")}
+    state["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return state
 
 
 async def _mock() -> dict[str, Any]:

@@ -98,3 +98,29 @@ async def test_a_configured_llm_that_fails_is_still_degraded_noted_and_counted(s
     assert health["status"] == "degraded" and health["dependencies"]["llm"]["ok"] is False
     assert outcome["llm_source"] == "mock" and "llm_degraded: unavailable" in outcome["notes"]
     assert 'agent_runtime_llm_calls_total{agent_id="agent:sofia",provider="proxy",result="error"}' in metrics
+
+
+async def test_health_tells_when_the_shared_store_is_down(stack, configure, client):
+    """NATS KV down: every invocation fails, and health says so (from the last call, not a probe per request)."""
+    configure(AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats", NATS_URL=f"nats://127.0.0.1:{free_port()}")
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+
+    failed = await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})
+    shallow = (await client.get("/health")).json()
+    deep = (await client.get("/health?deep=1")).json()
+
+    assert failed.status_code == 503 and failed.json()["step"] == "idempotency"
+    assert shallow["status"] == "degraded"
+    assert shallow["idempotency"] == {"backend": "nats", "ok": False, "kind": "unavailable"}
+    assert deep["dependencies"]["idempotency"]["ok"] is False
+
+
+async def test_health_of_a_working_shared_store(stack, configure, client, nats_server):
+    configure(AGENT_RUNTIME__IDEMPOTENCY__BACKEND="nats", NATS_URL=nats_server.url)
+
+    deep = (await client.get("/health?deep=1")).json()
+    shallow = (await client.get("/health")).json()
+
+    assert deep["status"] == "ok" and deep["dependencies"]["idempotency"]["ok"] is True
+    assert shallow["idempotency"] == {"backend": "nats", "ok": True}

@@ -46,6 +46,12 @@ class IdempotencyStore(Protocol):
         record over: the caller must not post then."""
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None: ...
+
+    failing: str | None  # the failure kind of the last call to the backend; None when it answered
+
+    async def probe(self) -> None:
+        """Reach the backend once (deep health); raises ``DependencyError`` when it cannot."""
+
     async def release(self, key: str, token: str) -> None:
         """The owner gives the record back unanswered. One it marked as posting stays, expired, so
         whoever claims it next is told (``Claim.posted``) and looks for the reply before posting."""

@@ -58,7 +58,8 @@ class DynamoDbStore:
         self.table = table
         self._clock = clock  # wall time: containers on different hosts compare expiries
         self._client: Any = None
-        self._marked: set[tuple[str, str]] = set()  # (key, token) this process marked as posting
+        self._marked: set[tuple[str, str]] = set()
+        self.failing: str | None = None  # (key, token) this process marked as posting
 
     @classmethod
     def from_settings(cls, s: Settings) -> DynamoDbStore:
@@ -157,9 +158,21 @@ class DynamoDbStore:
         except _ConditionFailed:
             pass
 
+    async def probe(self) -> None:
+        await self._call("describe_table")
+
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         method = getattr(self._boto(), operation)
-        return await asyncio.to_thread(_translate_errors, method, TableName=self.table, **params)
+        try:
+            answer = await asyncio.to_thread(_translate_errors, method, TableName=self.table, **params)
+        except DependencyError as exc:
+            self.failing = exc.kind
+            raise
+        except _ConditionFailed:
+            self.failing = None  # answered: the condition is the store's own verdict
+            raise
+        self.failing = None
+        return answer
 
     def _boto(self) -> Any:
         # made on the event loop's thread, once: boto3's default session is not thread-safe to build

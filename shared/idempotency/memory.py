@@ -23,6 +23,8 @@ class _Record(NamedTuple):
 class InProcessStore:
     """For a single process. Bounded: the oldest records are evicted past ``max_records``."""
 
+    failing: str | None = None  # never: the records are in this process
+
     def __init__(self, max_records: int = 100_000) -> None:
         self.max_records = max_records
         self._records: OrderedDict[str, _Record] = OrderedDict()
@@ -40,6 +42,9 @@ class InProcessStore:
         self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s))
         posted = record.posting if record is not None and record.state is ClaimState.IN_PROGRESS else None
         return Claim(ClaimState.NEW, token=token, posted=posted)
+
+    async def probe(self) -> None:
+        return None
 
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         if not self._owned(key, token):

@@ -37,6 +37,7 @@ class NatsKvStore:
         # Later writes are compare-and-set on that revision: no read first, and a record someone
         # took over since is left alone. An entry lives from claim to complete or release.
         self._owned: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        self.failing: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> NatsKvStore:
@@ -47,7 +48,7 @@ class NatsKvStore:
         return any(t.done() and not t.exception() and t.result()[0].is_connected for t in self._conns.values())
 
     async def claim(self, key: str, in_progress_ttl_s: float) -> Claim:
-        async with _unavailable_as_dependency_error():
+        async with self._reaching():
             return await self._claim(key, in_progress_ttl_s)
 
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
@@ -67,7 +68,7 @@ class NatsKvStore:
         mine = self._owned.pop((_name(key), token), None)
         if mine is None:
             return
-        async with _unavailable_as_dependency_error():
+        async with self._reaching():
             kv = await self._kv()
             try:
                 if mine[1].get("posting"):  # a reply may be out: expire it, marker and all
@@ -86,7 +87,7 @@ class NatsKvStore:
         if mine is None:
             return False
         try:
-            async with _unavailable_as_dependency_error():
+            async with self._reaching():
                 kv = await self._kv()
                 try:
                     revision = await kv.update(name, jsoncodec.dumps(record), last=mine[0])
@@ -134,6 +135,24 @@ class NatsKvStore:
         except KeyWrongLastSequenceError:
             return Claim(ClaimState.IN_PROGRESS)
 
+    async def probe(self) -> None:
+        async with self._reaching():
+            await self._kv()
+
+    @asynccontextmanager
+    async def _reaching(self) -> AsyncIterator[None]:
+        """NATS down or slow: a failure a retry can help, in the core's terms; remembered for health."""
+        import nats.errors
+
+        try:
+            yield
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            self.failing = "unavailable"
+            raise DependencyError(
+                "idempotency", "unavailable", f"NATS KV: {type(exc).__name__}", retryable=True
+            ) from None
+        self.failing = None
+
     async def close(self) -> None:
         task = self._conns.pop(asyncio.get_running_loop(), None)
         if task is not None and task.done() and not task.exception():
@@ -167,17 +186,6 @@ class NatsKvStore:
             # history 1: only the current record matters; ttl: records never outlive max_age_s
             kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s)
         return nc, kv
-
-
-@asynccontextmanager
-async def _unavailable_as_dependency_error() -> AsyncIterator[None]:
-    """NATS down or slow: a failure a retry can help, in the core's terms."""
-    import nats.errors
-
-    try:
-        yield
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise DependencyError("idempotency", "unavailable", f"NATS KV: {type(exc).__name__}", retryable=True) from None
 
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "the record changed since that revision"
