@@ -1,11 +1,14 @@
 """On-prem entry point: bridge NATS invocations to the HTTP invoke function.
 
-    python local_runner.py [options]          run the bridge (and, without --function-url, the
-                                              agent_runtime function and the local stack)
+    python local_runner.py [options]          the bridge, as deployed: waits for its configured NATS;
+                                              without a function_url it serves agent_runtime itself
+    python local_runner.py local [options]    the local developer stack (./dev run): the same bridge,
+                                              plus a private nats-server and stand-ins (localstack/)
     python local_runner.py say "привіт"       talk to the agent of the running local stack
 
-Every option is also settable in config.yaml (section ``runner``) and by environment variable
-(``AGENT_RUNTIME__RUNNER__<OPTION>``; ``NATS_URL`` for --nats-url).
+Every option is a field of the ``runner`` settings (also ``runner.<option>`` in config.yaml and
+``AGENT_RUNTIME__RUNNER__<OPTION>`` in the environment), plus ``--nats-url`` (``NATS_URL``) and
+``--subject``.
 """
 
 from __future__ import annotations
@@ -17,42 +20,70 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 from shared.infra import settings as settings_module
-from shared.infra.settings import LlmSettings, MemorySettings, MessagingSettings, NatsSettings, Settings
-from standins.messaging import DEMO_CHANNEL
+from shared.infra.settings import NatsSettings, RunnerSettings, Settings
 
 log = logging.getLogger("agent_runtime.runner")
 
+USAGE = """local_runner.py [options]            the NATS-to-HTTP bridge, as deployed
+       local_runner.py local [options]      the local developer stack (./dev run)
+       local_runner.py say TEXT [options]   talk to the agent of the running local stack"""
+BRIDGE = (
+    "The NATS-to-HTTP bridge, as deployed: it waits for its configured NATS, and serves agent_runtime "
+    "itself when no function URL is given. No stand-ins, no private nats-server: those are `local`."
+)
+LOCAL = (
+    "The local developer stack: the bridge and agent_runtime, plus a private nats-server when nothing "
+    "answers at the NATS URL, stand-ins for messaging-service and agent-memory left at their default "
+    "URLs, and the keyword mock when the LLM's URL is the default."
+)
 
-def run_parser(s: Settings) -> argparse.ArgumentParser:
-    r = s.runner
-    p = argparse.ArgumentParser(prog="local_runner.py", description="NATS-to-HTTP bridge of the agent runtime.")
-    p.add_argument("--nats-url", default=s.nats.url, help="NATS server(s), comma-separated (NATS_URL)")
-    p.add_argument("--subject", default=s.nats.invocation_subject)
-    p.add_argument("--mode", choices=["core", "jetstream"], default=r.mode)
-    p.add_argument("--queue-group", default=r.queue_group)
-    p.add_argument(
-        "--function-url",
-        default=r.function_url,
-        help="the invoke endpoint; omitted: serve agent_runtime here on --function-port",
+
+def add_option(p: argparse.ArgumentParser, flag: str, model: type[BaseModel], name: str, default: Any) -> None:
+    """``--flag`` for the field ``name`` of ``model``: its type or choices, and its description as help."""
+    field = model.model_fields[name]
+    kind = field.annotation
+    options: dict[str, Any] = {"default": default, "help": field.description, "dest": name}
+    if get_origin(kind) is Literal:
+        options["choices"] = get_args(kind)
+    elif kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    else:  # a scalar, or an optional one
+        options["type"] = next((t for t in get_args(kind) if t is not type(None)), kind)
+        options["metavar"] = flag.removeprefix("--").upper().replace("-", "_")
+    p.add_argument(flag, **options)
+
+
+def run_parser(s: Settings, *, local: bool = False) -> argparse.ArgumentParser:
+    """The bridge's options, one per runner setting; defaults are the configured values."""
+    p = argparse.ArgumentParser(
+        prog="local_runner.py local" if local else "local_runner.py",
+        usage=None if local else USAGE,
+        description=LOCAL if local else BRIDGE,
+        epilog="Each option is also runner.<option> in config.yaml and AGENT_RUNTIME__RUNNER__<OPTION> in the "
+        "environment; --nats-url is NATS_URL, --subject nats.invocation_subject.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--function-port", type=int, default=r.function_port)
-    p.add_argument("--max-in-flight", type=int, default=r.max_in_flight)
-    p.add_argument("--max-deliver", type=int, default=r.max_deliver)
-    p.add_argument("--port", type=int, default=r.port, help="the runner's own /health and /metrics")
-    p.add_argument(
-        "--embedded-nats",
-        action="store_true",
-        default=r.embedded_nats,
-        help="start a private nats-server (the local stack does too when nothing answers at the default URL)",
-    )
-    p.add_argument("--stream", default=r.stream)
-    p.add_argument("--durable", default=r.durable)
-    p.add_argument("--dlq-subject", default=r.dlq_subject)
-    p.add_argument("--drain-timeout", type=float, default=r.drain_timeout_s)
+    add_option(p, "--nats-url", NatsSettings, "url", s.nats.url)
+    add_option(p, "--subject", NatsSettings, "invocation_subject", s.nats.invocation_subject)
+    for name in RunnerSettings.model_fields:
+        add_option(p, "--" + name.replace("_", "-"), RunnerSettings, name, getattr(s.runner, name))
     return p
+
+
+def with_options(s: Settings, p: argparse.ArgumentParser, argv: list[str]) -> Settings:
+    """The settings with the command line's options over them (validated like any other source)."""
+    args = vars(p.parse_args(argv))
+    try:
+        runner = RunnerSettings.model_validate({name: args[name] for name in RunnerSettings.model_fields})
+        nats = NatsSettings(url=args["url"], invocation_subject=args["invocation_subject"])
+    except ValidationError as exc:
+        p.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    return s.model_copy(update={"runner": runner, "nats": nats})
 
 
 def say_parser(s: Settings) -> argparse.ArgumentParser:
@@ -67,9 +98,10 @@ def say_parser(s: Settings) -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace, s: Settings) -> int:
-    from runner import embedded, serve
-    from runner.bridge import Bridge, BridgeConfig
+async def run(s: Settings, *, local: bool) -> int:
+    """The bridge (and the function, without a function_url) until SIGTERM/SIGINT; ``local``: the local stack too."""
+    from runner import serve
+    from runner.bridge import Bridge
     from shared import runtime
     from shared.clients import http
     from shared.infra.observability import redact_url
@@ -79,72 +111,24 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    cleanup: list = []
-    try:
-        nats_url = args.nats_url
-        # The local stack (no function URL, NATS left at its default) brings its own nats-server when
-        # none answers. A configured deployment never does: it waits for its NATS to come back.
-        local_stack = not args.function_url and nats_url == NatsSettings().url
-        if args.embedded_nats or (local_stack and not await embedded.reachable(nats_url.split(",")[0])):
-            nats_server = await embedded.NatsServer().start()
-            cleanup.append(nats_server.stop)
-            nats_url = nats_server.url
-            log.info("embedded nats-server started", extra={"fields": {"url": nats_url}})
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(http.aclose)
+        if local:
+            from localstack import stack
 
-        function_url = args.function_url
-        if not function_url:
-            # Serve the function here. Stand-ins replace the services whose URL is still the default.
-            standins = embedded.StandIns(
-                messaging=s.messaging.url == MessagingSettings().url, memory=s.memory.url == MemorySettings().url
-            )
-            cleanup.append(standins.stop)
-            updates = {"nats": s.nats.model_copy(update={"url": nats_url})}
-            if "messaging" in standins.urls:
-                updates["messaging"] = s.messaging.model_copy(update={"url": standins.urls["messaging"]})
-            if "memory" in standins.urls:
-                updates["memory"] = s.memory.model_copy(update={"url": standins.urls["memory"]})
-            if s.llm.url == LlmSettings().url:
-                updates["llm"] = s.llm.model_copy(update={"url": ""})  # the keyword mock answers
-            fs = s.model_copy(update=updates)
-            runtime.install(runtime.Runtime.from_settings(fs))
-            function = await serve.Serving.start(serve.function_app(), "127.0.0.1", args.function_port)
-            cleanup.append(function.stop)
+            s = await stack.start(s, cleanup)
+        function_url = s.runner.function_url
+        if not function_url:  # serve the function here, with these settings (a container runs both)
+            runtime.install(runtime.Runtime.from_settings(s))
+            function = await serve.Serving.start(serve.function_app(), "127.0.0.1", s.runner.function_port)
+            cleanup.push_async_callback(function.stop)
             function_url = f"http://127.0.0.1:{function.port}/invoke"
-            if standins.messaging is not None:
-                embedded.write_state(
-                    nats_url=nats_url,
-                    messaging_url=standins.urls["messaging"],
-                    channel=DEMO_CHANNEL,
-                    function_url=function_url,
-                )
-                cleanup.append(embedded.clear_state)
-            log.info(
-                "agent_runtime served",
-                extra={"fields": {"url": function_url, **standins.urls, "llm": fs.llm.url or "mock"}},
-            )
+            log.info("agent_runtime served", extra={"fields": {"url": function_url}})
 
+        bridge = Bridge(s, function_url)
         secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
-        bridge = Bridge(
-            BridgeConfig(
-                nats_servers=nats_url.split(","),
-                subject=args.subject,
-                function_url=function_url,
-                mode=args.mode,
-                queue_group=args.queue_group,
-                max_in_flight=args.max_in_flight,
-                max_deliver=args.max_deliver,
-                request_timeout_s=s.runner.request_timeout_s,
-                ack_wait_s=s.runner.ack_wait_s,
-                drain_timeout_s=args.drain_timeout,
-                stream=args.stream,
-                durable=args.durable,
-                dlq_subject=args.dlq_subject,
-                function_secret=secret,
-                max_body_bytes=s.runtime.max_body_bytes,
-            )
-        )
-        status = await serve.Serving.start(serve.status_app(bridge.health), "127.0.0.1", args.port)
-        cleanup.append(status.stop)
+        status = await serve.Serving.start(serve.status_app(bridge.health, secret=secret), "127.0.0.1", s.runner.port)
+        cleanup.push_async_callback(status.stop)
         starting = asyncio.create_task(bridge.start())  # waits as long as NATS is away
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -155,22 +139,16 @@ async def run(args: argparse.Namespace, s: Settings) -> int:
             return 0
         starting.result()
         runtime.settle_gc()  # everything the bridge (and a served function) runs with is loaded now
+        servers = ",".join(redact_url(u) for u in bridge.servers)
         print(
-            f"agent-runtime runner: {args.mode} mode on {args.subject} via "
-            f"{','.join(redact_url(u) for u in nats_url.split(','))}; forwarding to {redact_url(function_url)}; "
-            f"health and metrics on http://127.0.0.1:{status.port}",
+            f"agent-runtime runner: {s.runner.mode} mode on {bridge.subject} via {servers}; forwarding to "
+            f"{redact_url(function_url)}; health and metrics on http://127.0.0.1:{status.port}",
             flush=True,
         )
         await stopping
         log.info("stopping: draining invocations in flight")
         finished = await bridge.stop()
         return 0 if finished else 1
-    finally:
-        for step in reversed(cleanup):
-            result = step()
-            if asyncio.iscoroutine(result):
-                await result
-        await http.aclose()
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -189,7 +167,7 @@ def main(argv: list[str]) -> int:
     s = settings_module.get()
     observability.configure(s.runtime.log_format)
     if argv[:1] == ["say"]:
-        from runner.say import say
+        from localstack.say import say
 
         a = say_parser(s).parse_args(argv[1:])
         return run_loop(
@@ -203,7 +181,9 @@ def main(argv: list[str]) -> int:
                 timeout_s=a.timeout,
             )
         )
-    return run_loop(run(run_parser(s).parse_args(argv), s))
+    if argv[:1] == ["local"]:
+        return run_loop(run(with_options(s, run_parser(s, local=True), argv[1:]), local=True))
+    return run_loop(run(with_options(s, run_parser(s), argv), local=False))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ async def metrics(request: Request) -> Response:
         check_auth(secret.get_secret_value() if secret else None, request.headers)
     except BadInput as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
-    body, content_type = metrics_module.exposition()
+    body, content_type = await asyncio.to_thread(metrics_module.exposition)  # a long scrape never holds the loop
     return Response(body, media_type=content_type)
 
 

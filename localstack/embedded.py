@@ -1,4 +1,4 @@
-"""The embedded local stack: a private nats-server and stand-ins for the services not configured."""
+"""The local stack's parts: a private nats-server, stand-ins for the services not configured, its state file."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 from datetime import datetime
 
-from runner.embedded import read_state
+from localstack.embedded import read_state
 from shared.clients import http
 from standins.messaging import DEMO_CHANNEL
 
@@ -69,7 +69,7 @@ async def say(
         print(f"no reply from {agent_id} within {timeout_s:.0f}s")
         return 1
     except OSError as exc:
-        print(f"the local stack is not reachable ({exc}); start it with: python local_runner.py")
+        print(f"the local stack is not reachable ({exc}); start it with: python local_runner.py local")
         return 1
     finally:
         await http.aclose()

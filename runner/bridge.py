@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from runner import metrics
@@ -20,43 +20,30 @@ from runner.dispatch import Dispatcher
 from runner.forward import Answer, call_headers, forward
 from shared.delivery import Verdict, decide
 from shared.errors import BadInput
+from shared.infra import jsoncodec
 from shared.infra.observability import redact_url
-from shared.intake import parse_invocation
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
+    from shared.infra.settings import Settings
+
 log = logging.getLogger("agent_runtime.runner")
 
 
-@dataclass(frozen=True)
-class BridgeConfig:
-    nats_servers: list[str]
-    subject: str
-    function_url: str
-    mode: str = "core"
-    queue_group: str = "agent-runtime"
-    max_in_flight: int = 64
-    max_deliver: int = 5
-    request_timeout_s: float = 90.0
-    ack_wait_s: float = 120.0
-    drain_timeout_s: float = 30.0
-    stream: str = "AGENT_INVOCATIONS"
-    durable: str = "agent-runtime"
-    dlq_subject: str | None = None
-    function_secret: str | None = None
-    max_body_bytes: int = 256 * 1024
-
-    @property
-    def dead_letter_subject(self) -> str:
-        return self.dlq_subject or f"{self.subject}.dlq"
-
-
 class Bridge:
-    def __init__(self, config: BridgeConfig) -> None:
-        self.config = config
-        self.dispatcher = Dispatcher(config.max_in_flight)
+    """From ``s.nats`` to the function at ``function_url`` as ``s.runner`` says, sending ``s.runtime.secret``."""
+
+    def __init__(self, s: Settings, function_url: str) -> None:
+        self.runner = s.runner
+        self.servers = s.nats.url.split(",")
+        self.subject = s.nats.invocation_subject
+        self.dead_letter_subject = s.runner.dlq_subject or f"{self.subject}.dlq"
+        self.function_url = function_url
+        self.function_secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
+        self.max_body_bytes = s.runtime.max_body_bytes
+        self.dispatcher = Dispatcher(s.runner.max_in_flight)
         self.nc: Client | None = None
         self._subscription: Any = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -68,13 +55,13 @@ class Bridge:
     async def start(self) -> None:
         import nats
 
-        self.nc = await _connect_until_up(nats, self.config.nats_servers)
-        if self.config.mode == "jetstream":
+        self.nc = await _connect_until_up(nats, self.servers)
+        if self.runner.mode == "jetstream":
             await self._start_jetstream()
         else:
             self._subscription = await self.nc.subscribe(
-                self.config.subject,
-                queue=self.config.queue_group,
+                self.subject,
+                queue=self.runner.queue_group,
                 cb=self._on_core_message,
                 pending_msgs_limit=self.dispatcher.capacity * 16,
             )
@@ -83,9 +70,9 @@ class Bridge:
             "bridge started",
             extra={
                 "fields": {
-                    "mode": self.config.mode,
-                    "subject": self.config.subject,
-                    "function_url": redact_url(self.config.function_url),
+                    "mode": self.runner.mode,
+                    "subject": self.subject,
+                    "function_url": redact_url(self.function_url),
                 }
             },
         )
@@ -98,10 +85,10 @@ class Bridge:
             self._fetcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._fetcher
-        if self._subscription is not None and self.config.mode == "core":
+        if self._subscription is not None and self.runner.mode == "core":
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
-        finished = await self.dispatcher.drain(self.config.drain_timeout_s)
+        finished = await self.dispatcher.drain(self.runner.drain_timeout_s)
         if self.nc is not None and not self.nc.is_closed:
             # Everything taken is settled by now; send the last acks and close. (nats-py's drain()
             # of a pull subscription can wait its whole drain timeout for nothing.)
@@ -113,12 +100,12 @@ class Bridge:
 
     def health(self) -> dict[str, Any]:
         connected = bool(self.nc and self.nc.is_connected)
-        consumer = self.config.durable if self.config.mode == "jetstream" else self.config.queue_group
+        consumer = self.runner.durable if self.runner.mode == "jetstream" else self.runner.queue_group
         return {
             "status": "ok" if connected else "degraded",
             "nats_connected": connected,
-            "mode": self.config.mode,
-            "subject": self.config.subject,
+            "mode": self.runner.mode,
+            "subject": self.subject,
             "consumer": consumer,
             "in_flight": self.dispatcher.in_flight,
             "queued": self.dispatcher.pending,
@@ -135,14 +122,14 @@ class Bridge:
 
         assert self.nc is not None
         js = self.nc.jetstream()
-        cfg = self.config
-        for name, subject in ((cfg.stream, cfg.subject), (f"{cfg.stream}_DLQ", cfg.dead_letter_subject)):
+        cfg = self.runner
+        for name, subject in ((cfg.stream, self.subject), (f"{cfg.stream}_DLQ", self.dead_letter_subject)):
             try:
                 await js.stream_info(name)
             except NotFoundError:  # capture the router's plain publishes: it needs no change
                 await js.add_stream(name=name, subjects=[subject], storage=StorageType.FILE)
         self._subscription = await js.pull_subscribe(
-            cfg.subject,
+            self.subject,
             durable=cfg.durable,
             stream=cfg.stream,
             config=ConsumerConfig(
@@ -182,7 +169,7 @@ class Bridge:
     async def _admit(self, msg: Msg) -> None:
         metrics.received.inc()
         try:
-            invocation = parse_invocation(msg.data, self.config.max_body_bytes)
+            key = ordering_key(msg.data, self.max_body_bytes)
         except BadInput as exc:
             await self._dead_letter(msg, Verdict("dead_letter", exc.error), status=exc.status, attempt=1)
             return
@@ -191,25 +178,24 @@ class Bridge:
             reason = f"unreadable invocation: {type(exc).__name__}"
             await self._dead_letter(msg, Verdict("dead_letter", reason), status=None, attempt=1)
             return
-        key = f"{invocation.agent_id}/{invocation.payload.channel_id}"
-        keep_alive = self._keep_alive(msg) if self.config.mode == "jetstream" else None
+        keep_alive = self._keep_alive(msg) if self.runner.mode == "jetstream" else None
         await self.dispatcher.submit(key, lambda: self._process(msg, keep_alive))
 
     # --- one message ------------------------------------------------------------------------
 
     async def _process(self, msg: Msg, keep_alive: asyncio.Task[None] | None) -> None:
         try:
-            attempt = msg.metadata.num_delivered if self.config.mode == "jetstream" else 1
-            headers = call_headers(msg.headers, self.config.function_secret)
+            attempt = msg.metadata.num_delivered if self.runner.mode == "jetstream" else 1
+            headers = call_headers(msg.headers, self.function_secret)
             while True:
-                if attempt > self.config.max_deliver:  # redelivered past the limit (a crash loop, say)
+                if attempt > self.runner.max_deliver:  # redelivered past the limit (a crash loop, say)
                     await self._dead_letter(msg, Verdict("dead_letter", "attempts exhausted"), None, attempt - 1)
                     return
                 answer = await self._call(msg.data, headers)
                 decision = decide(
                     answer.status,
                     attempt=attempt,
-                    max_deliver=self.config.max_deliver,
+                    max_deliver=self.runner.max_deliver,
                     retry_after=answer.retry_after,
                     error=_why(answer),
                 )
@@ -230,13 +216,13 @@ class Bridge:
                 # Retried here, in both modes, so the channel's later invocations keep waiting their
                 # turn (a nak would let them overtake). The wait holds no call slot; JetStream is
                 # kept from redelivering by the keep-alive, and told to do it itself if we stop.
-                if await self._stopped_within(decision.delay_s) and self.config.mode == "jetstream":
+                if await self._stopped_within(decision.delay_s) and self.runner.mode == "jetstream":
                     await self._settle(msg, "nak", decision.delay_s)
                     return
                 attempt += 1
         except Exception:
             log.exception("bridge defect while processing a message")
-            if self.config.mode == "jetstream":
+            if self.runner.mode == "jetstream":
                 await self._settle(msg, "nak", 1.0)
         finally:
             if keep_alive is not None:
@@ -256,7 +242,7 @@ class Bridge:
         metrics.in_flight.inc()
         started = time.perf_counter()
         try:
-            answer = await forward(self.config.function_url, body, headers, self.config.request_timeout_s)
+            answer = await forward(self.function_url, body, headers, self.runner.request_timeout_s)
         finally:
             metrics.in_flight.dec()
             metrics.latency.observe(time.perf_counter() - started)
@@ -268,14 +254,14 @@ class Bridge:
 
         async def tick() -> None:
             while True:
-                await asyncio.sleep(self.config.ack_wait_s / 3)
+                await asyncio.sleep(self.runner.ack_wait_s / 3)
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
 
         return asyncio.create_task(tick())
 
     async def _settle(self, msg: Msg, how: str, delay: float | None = None) -> None:
-        if self.config.mode != "jetstream":
+        if self.runner.mode != "jetstream":
             return
         try:
             if how == "ack":
@@ -289,7 +275,7 @@ class Bridge:
 
     async def _reply(self, msg: Msg, body: bytes) -> None:
         """Request/reply: answer a core-NATS requester with the function's response."""
-        if self.config.mode == "core" and msg.reply and self.nc is not None:
+        if self.runner.mode == "core" and msg.reply and self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.publish(msg.reply, body)
 
@@ -310,16 +296,40 @@ class Bridge:
         )
         assert self.nc is not None
         try:
-            if self.config.mode == "jetstream":
-                await self.nc.jetstream().publish(self.config.dead_letter_subject, msg.data, headers=headers)
+            if self.runner.mode == "jetstream":
+                await self.nc.jetstream().publish(self.dead_letter_subject, msg.data, headers=headers)
                 await self._settle(msg, "term")
             else:
-                await self.nc.publish(self.config.dead_letter_subject, msg.data, headers=headers)
+                await self.nc.publish(self.dead_letter_subject, msg.data, headers=headers)
         except Exception as exc:  # never lose it: JetStream will offer it again
             log.error("dead-letter publish failed", extra={"fields": {"error": type(exc).__name__}})
             await self._settle(msg, "nak", 5.0)
             return
         await self._reply(msg, body or json.dumps({"error": decision.reason}).encode())
+
+
+def ordering_key(data: bytes, max_bytes: int) -> str:
+    """The (agent, channel) a message is ordered by: the two fields the bridge reads. The function
+    validates the rest (its 422 dead-letters); what has no such two fields cannot be ordered, and is
+    dead-lettered here."""
+    if len(data) > max_bytes:
+        raise BadInput(413, f"body larger than {max_bytes} bytes")
+    try:
+        body = jsoncodec.loads(data)
+    except RecursionError:
+        raise BadInput(400, "body is not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise BadInput(400, f"body is not JSON: {exc}") from None
+    payload = body.get("payload") if isinstance(body, dict) else None
+    agent_id = body.get("agent_id") if isinstance(body, dict) else None
+    channel_id = payload.get("channel_id") if isinstance(payload, dict) else None
+    if not isinstance(agent_id, str) or not isinstance(channel_id, str):
+        raise BadInput(422, "invalid invocation: agent_id and payload.channel_id must be strings")
+    try:
+        channel_id = str(uuid.UUID(channel_id))  # one channel however it is spelled
+    except ValueError:
+        pass  # the function refuses it
+    return f"{agent_id}/{channel_id}"
 
 
 async def flushed(nc: Client, timeout_s: float = 10) -> None:

@@ -1,5 +1,5 @@
 """ASGI apps served inside the runner's own event loop: the runner's /health and /metrics, and
-the agent_runtime function when no --function-url names a remote one."""
+the agent_runtime function when no function_url names a remote one (a container runs both)."""
 
 from __future__ import annotations
 
@@ -104,23 +104,13 @@ def function_app() -> Any:
     return create_asgi_app(target="agent_runtime", source=str(ROOT / "main.py"))
 
 
-_FROM_SETTINGS: Any = object()
-
-
-def status_app(health: Callable[[], dict[str, Any]], secret: str | None = _FROM_SETTINGS) -> Starlette:
-    """The runner's /health (open) and /metrics (needs the secret when one is set: AGENT_RUNTIME_SECRET
-    unless ``secret`` is given)."""
+def status_app(health: Callable[[], dict[str, Any]], *, secret: str | None) -> Starlette:
+    """The runner's /health (open) and /metrics (needs ``secret`` when there is one)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from runner import metrics
     from shared.errors import BadInput
     from shared.intake import check_auth
-
-    if secret is _FROM_SETTINGS:
-        from shared.infra import settings
-
-        configured = settings.get().runtime.secret
-        secret = configured.get_secret_value() if configured else None
 
     async def health_route(request: Request) -> JSONResponse:
         body = health()

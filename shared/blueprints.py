@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,20 +72,25 @@ class Loaded:
     blueprint: Blueprint
     source: BlueprintSource
     notes: tuple[str, ...] = ()
+    known: bool = True  # False: no source knows this agent, and unknown agents are not answered
 
 
 @dataclass
 class BlueprintChain:
+    """Who is an agent: one agents-service knows, one with a blueprint file, or one listed in
+    ``agents.known``; any other id only when ``agents.allow_unknown`` says so."""
+
     settings: Settings
     service: Endpoint | None  # None: agents-service is not configured
     directory: Path
-    _cache: dict[str, tuple[float, Loaded]] = field(default_factory=dict)
+    _cache: OrderedDict[str, tuple[float, Loaded]] = field(default_factory=OrderedDict)  # LRU
     _files: dict[str, dict[str, Any]] | None = None
 
     async def load(self, agent_id: str, deadline: Deadline) -> Loaded:
         now = time.monotonic()
         cached = self._cache.get(agent_id)
         if cached and cached[0] > now:
+            self._cache.move_to_end(agent_id)
             return cached[1]
         notes: tuple[str, ...] = ()
         if self.service is not None:
@@ -95,13 +101,24 @@ class BlueprintChain:
                 return self._keep(agent_id, Loaded(self._build(agent_id, from_service(data)), "agents-service"), now)
             except DependencyError as exc:
                 if exc.status != 404:  # 404: not an agent of the service; the files may know it
-                    if cached:  # a stale blueprint beats a guess
+                    if cached and cached[1].known:  # the last known blueprint beats a guess
                         return Loaded(cached[1].blueprint, "cache", (f"blueprint_degraded: {exc.kind}",))
                     notes = (f"blueprint_degraded: {exc.kind}",)
+                    error = exc
             except ValidationError:
                 notes = ("blueprint_degraded: bad_response",)
+                error = DependencyError("agents", "bad_response", "agent record is not a blueprint", retryable=True)
         data = self.files().get(agent_id)
-        loaded = Loaded(self._build(agent_id, data or {}), "file" if data else "default", notes)
+        if data is not None:
+            loaded = Loaded(self._build(agent_id, data), "file", notes)
+        elif agent_id in self.settings.agents.known or self.settings.agents.allow_unknown:
+            loaded = Loaded(self._build(agent_id, {}), "default", notes)
+        elif notes:  # agents-service could not say, and nothing else knows the agent: ask again later
+            raise DependencyError(
+                "agents", error.kind, "cannot tell whether the agent exists", retryable=True, status=error.status
+            )
+        else:
+            loaded = Loaded(self._build(agent_id, {}), "default", known=False)
         return loaded if notes else self._keep(agent_id, loaded, now)
 
     def files(self) -> dict[str, dict[str, Any]]:
@@ -139,4 +156,7 @@ class BlueprintChain:
 
     def _keep(self, agent_id: str, loaded: Loaded, now: float) -> Loaded:
         self._cache[agent_id] = (now + self.settings.agents.cache_ttl_s, loaded)
+        self._cache.move_to_end(agent_id)
+        while len(self._cache) > self.settings.agents.cache_size:
+            self._cache.popitem(last=False)
         return loaded

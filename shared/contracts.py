@@ -192,6 +192,7 @@ SkipReason = Literal[
     "duplicate",  # already answered
     "nothing_to_do",  # an entrypoint with nothing to do
     "agent_inactive",  # the agent is switched off in agents-service
+    "unknown_agent",  # no source knows the agent (agents.allow_unknown is off)
 ]
 Step = Literal["blueprint", "history", "memory", "llm", "tools", "post", "store", "idempotency"]
 BlueprintSource = Literal["agents-service", "cache", "file", "default"]

@@ -44,7 +44,17 @@ class Runtime:
         """One run's tools: the blueprint's names, run through toolcore after the PDP permits."""
         t = self.settings.tools
         return Toolbox(
-            self.toolcore, self.pdp, t.toolcore_ids, names, agent_id, microdao_id, context, history, t.max_result_chars
+            self.toolcore,
+            self.pdp,
+            t.toolcore_ids,
+            names,
+            agent_id,
+            microdao_id,
+            context,
+            history,
+            t.max_result_chars,
+            max_calls_per_turn=t.max_calls_per_turn,
+            max_calls_per_run=t.max_calls_per_run,
         )
 
     def nats_connected(self) -> bool | None:

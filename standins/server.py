@@ -6,12 +6,11 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-
-from shared.clients import http
 
 
 @dataclass
@@ -77,9 +76,11 @@ def check_secret(request: Request, secret: str | None) -> Response | None:
 
 
 class Served:
-    """A running server: ``url``, and ``stop()``."""
+    """A running server: ``url``, ``stop()``; ``on_stop`` runs last in its loop (to close what the app pooled)."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app, host: str = "127.0.0.1", port: int = 0, on_stop: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         import uvicorn
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -89,6 +90,7 @@ class Served:
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
+        self._on_stop = on_stop
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(sock),), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -101,7 +103,8 @@ class Served:
         try:
             await self._server.serve(sockets=[sock])
         finally:
-            await http.aclose()  # an app that called out (the runtime) pooled a session on this loop
+            if self._on_stop is not None:
+                await self._on_stop()
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -108,7 +108,7 @@ def configure(stack: Stack):
 @pytest.fixture
 async def nats_server(tmp_path):
     """A real nats-server with JetStream, on a free port, storing under the test's tmp_path."""
-    from runner.embedded import NatsServer
+    from localstack.embedded import NatsServer
 
     server = await NatsServer(port=free_port(), store_dir=str(tmp_path / "nats")).start()
     yield server

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from runner.bridge import Bridge, BridgeConfig
+from runner.bridge import Bridge
+from shared.infra.settings import NatsSettings, RunnerSettings, RuntimeSettings, Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,15 +62,13 @@ class ScriptedFunction:
         return JSONResponse(payload, status_code=status, headers=headers)
 
 
-def bridge(nats_url: str, function_url: str, **options: Any) -> Bridge:
-    return Bridge(
-        BridgeConfig(
-            nats_servers=[nats_url],
-            subject=options.pop("subject", "router.invoke.agent"),
-            function_url=function_url,
-            **options,
-        )
+def bridge(nats_url: str, function_url: str, *, function_secret: str | None = None, **runner: Any) -> Bridge:
+    s = Settings(
+        nats=NatsSettings(url=nats_url),
+        runner=RunnerSettings(**runner),
+        runtime=RuntimeSettings(secret=function_secret),
     )
+    return Bridge(s, function_url)
 
 
 class FunctionProcess:

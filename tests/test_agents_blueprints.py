@@ -45,11 +45,48 @@ async def test_an_agent_unknown_to_the_service_comes_from_its_file(stack, client
     assert stack.memory.queries[0]["limit"] == 8
 
 
-async def test_an_agent_known_nowhere_is_the_built_in_one(stack, client):
+async def test_an_agent_known_nowhere_is_not_answered(stack, client):
+    channel = stack.channel()
+    outcome = await _ask(stack, client, "agent:quiet-owl", channel)
+
+    assert outcome["status"] == "skipped" and outcome["reason"] == "unknown_agent"
+    assert stack.llm.requests == [] and stack.messaging.replies_to(channel) == []
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"AGENT_RUNTIME__AGENTS__ALLOW_UNKNOWN": "true"}, {"AGENT_RUNTIME__AGENTS__KNOWN": '["agent:quiet-owl"]'}],
+)
+async def test_an_agent_listed_in_config_or_any_when_allowed_is_the_built_in_one(stack, configure, client, setting):
+    configure(**setting)
     outcome = await _ask(stack, client, "agent:quiet-owl")
 
-    assert outcome["blueprint_source"] == "default"
+    assert outcome["status"] == "replied" and outcome["blueprint_source"] == "default"
     assert stack.llm.requests[0]["messages"][0]["content"].startswith("You are Quiet Owl")
+
+
+async def test_service_down_and_no_blueprint_known_fails_retryably(stack, client):
+    stack.agents.faults.set("agent", Fault(status=503))
+
+    response = await client.post("/invoke", json=invocation(stack.channel(), agent_id="agent:never-seen"))
+
+    assert response.status_code == 503 and response.json()["step"] == "blueprint"
+
+
+async def test_service_down_a_file_agent_is_still_answered(stack, client):
+    stack.agents.faults.set("agent", Fault(status=503))
+
+    outcome = await _ask(stack, client, "agent:helion")
+
+    assert outcome["status"] == "replied" and outcome["blueprint_source"] == "file"
+
+
+async def test_the_blueprint_cache_is_bounded(stack, configure):
+    rt = configure(AGENT_RUNTIME__AGENTS__CACHE_SIZE="16", AGENT_RUNTIME__AGENTS__ALLOW_UNKNOWN="true")
+    for i in range(100):
+        await rt.blueprints.load(f"agent:flood-{i}", Deadline(5))
+
+    assert len(rt.blueprints._cache) == 16 and "agent:flood-99" in rt.blueprints._cache
 
 
 async def test_the_answer_is_cached_for_the_ttl(stack, client):
@@ -131,7 +168,7 @@ async def test_a_bad_blueprint_file_is_left_out(tmp_path, bad):
     assert set(chain.files()) == {"agent:good"}
     loaded = await chain.load("agent:good", Deadline(5))
     assert loaded.source == "file" and loaded.blueprint.name == "Goodie"
-    assert (await chain.load("agent:broken", Deadline(5))).source == "default"
+    assert not (await chain.load("agent:broken", Deadline(5))).known
 
 
 def test_shipped_blueprints_are_valid():

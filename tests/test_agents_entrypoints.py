@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import invocation
+from tests.conftest import free_port, invocation
 
 FIRED = "2026-03-01T09:00:00Z"
 
@@ -99,7 +99,7 @@ async def test_metrics_count_invocations_llm_calls_tools_and_fallbacks(stack, co
         stack.messaging.add_message(channel, text)
         await client.post("/invoke", json=invocation(channel, agent_id="agent:helion"))
     await client.post("/invoke", json=invocation(channel, agent_id="agent:helion"))  # a duplicate
-    configure(LLM_PROXY_URL="")
+    configure(LLM_PROXY_URL=f"http://127.0.0.1:{free_port()}")  # unreachable: the call fails, the mock answers
     stack.messaging.add_message(channel, "and now?")
     await client.post("/invoke", json=invocation(channel, agent_id="agent:helion"))
 

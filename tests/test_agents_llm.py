@@ -90,6 +90,7 @@ async def test_the_prompt_is_fitted_to_the_context_window(stack, configure, clie
     configure(
         AGENT_RUNTIME__LLM__MODELS='{"gpt-4": {"context_window": 900, "reply_reserve": 200}}',
         AGENT_RUNTIME__RUNTIME__HISTORY_WINDOW="50",
+        AGENT_RUNTIME__AGENTS__ALLOW_UNKNOWN="true",  # the built-in agent: no blueprint's own limits
     )
     channel = stack.channel()
     for i in range(40):

@@ -16,6 +16,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from shared.clients import http as shared_http
 from standins.server import Served
 from tests.conftest import ROOT
 
@@ -25,7 +26,7 @@ schema = schemathesis.openapi.from_path(ROOT / "openapi.yaml")
 
 @pytest.fixture(scope="module")
 def served(asgi_apps):
-    server = Served(asgi_apps["agent_runtime"])
+    server = Served(asgi_apps["agent_runtime"], on_stop=shared_http.aclose)
     yield server
     server.stop()
 

@@ -67,37 +67,43 @@ async def test_deep_health_names_no_address(stack, configure, client):
     assert "127.0.0.1" not in text and str(port) not in text
 
 
-async def test_with_no_llm_configured_the_mock_is_the_provider(stack, configure, client, logs):
-    configure(LLM_PROXY_URL="")
+LLM_ERRORS = 'agent_runtime_llm_calls_total{agent_id="agent:sofia",provider="proxy",result="error"}'
+
+
+async def _llm_errors(client) -> float:
+    lines = (await client.get("/metrics")).text.splitlines()
+    return next((float(line.split()[-1]) for line in lines if line.startswith(LLM_ERRORS + " ")), 0.0)
+
+
+async def _answer(stack, client) -> dict:
     channel = stack.channel()
     stack.messaging.add_message(channel, "hello")
+    return (await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})).json()
+
+
+async def test_with_no_llm_configured_the_mock_is_the_provider(stack, configure, client):
+    configure(LLM_PROXY_URL="")
+    errors = await _llm_errors(client)
 
     health = (await client.get("/health?deep=1")).json()
-    outcome = (
-        await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})
-    ).json()
-    metrics = (await client.get("/metrics")).text
+    outcome = await _answer(stack, client)
 
     assert health["status"] == "ok" and health["dependencies"]["llm"] == {"ok": True, "provider": "mock"}
     assert outcome["status"] == "replied" and outcome["llm_source"] == "mock"
     assert not any(note.startswith("llm_degraded") for note in outcome["notes"])
-    assert 'result="error"' not in metrics
+    assert await _llm_errors(client) == errors
 
 
 async def test_a_configured_llm_that_fails_is_still_degraded_noted_and_counted(stack, configure, client):
     configure(LLM_PROXY_URL=f"http://127.0.0.1:{free_port()}")
-    channel = stack.channel()
-    stack.messaging.add_message(channel, "hello")
+    errors = await _llm_errors(client)
 
     health = (await client.get("/health?deep=1")).json()
-    outcome = (
-        await client.post("/invoke", json={"agent_id": "agent:sofia", "payload": {"channel_id": channel}})
-    ).json()
-    metrics = (await client.get("/metrics")).text
+    outcome = await _answer(stack, client)
 
     assert health["status"] == "degraded" and health["dependencies"]["llm"]["ok"] is False
     assert outcome["llm_source"] == "mock" and "llm_degraded: unavailable" in outcome["notes"]
-    assert 'agent_runtime_llm_calls_total{agent_id="agent:sofia",provider="proxy",result="error"}' in metrics
+    assert await _llm_errors(client) == errors + 1
 
 
 async def test_health_tells_when_the_shared_store_is_down(stack, configure, client):

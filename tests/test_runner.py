@@ -13,8 +13,9 @@ import httpx
 import nats
 import pytest
 
+from localstack.embedded import NatsServer
 from runner.bridge import flushed
-from runner.embedded import NatsServer
+from shared.clients import http as shared_http
 from standins.server import Served
 from tests.conftest import ROOT, free_port, invocation
 from tests.runner_support import ScriptedFunction, bridge, eventually
@@ -43,7 +44,7 @@ def function():
 @pytest.fixture
 def agent_function(asgi_apps, configure):
     """The real agent_runtime target, served on loopback, wired to the stand-ins."""
-    served = Served(asgi_apps["agent_runtime"])
+    served = Served(asgi_apps["agent_runtime"], on_stop=shared_http.aclose)
     yield f"{served.url}/invoke"
     served.stop()
 
@@ -267,7 +268,7 @@ async def test_runner_health_and_metrics(nats_server, nc, function):
 
     b = bridge(nats_server.url, function.url)
     await b.start()
-    status = await Serving.start(status_app(b.health), "127.0.0.1", 0)
+    status = await Serving.start(status_app(b.health, secret=None), "127.0.0.1", 0)
     try:
         await publish(nc, body_for(), "core")
         await eventually(lambda: len(function.completed) == 1, what="one call")

@@ -128,7 +128,7 @@ async def test_nats_path_needs_the_secret(stack, configure, asgi_apps, nats_serv
     """The bridge sends AGENT_RUNTIME_SECRET as X-Internal-Secret; the function refuses anything else,
     and the refusal is dead-lettered (never retried), with no secret in its headers."""
     configure(AGENT_RUNTIME_SECRET=SECRET)
-    served = Served(asgi_apps["agent_runtime"])
+    served = Served(asgi_apps["agent_runtime"], on_stop=shared_http.aclose)
     nc = await nats.connect(nats_server.url)
     letters: list = []
 
@@ -211,8 +211,9 @@ async def test_hostile_channel_ids_are_refused_before_any_call(stack, client, ch
 
 @pytest.mark.parametrize("agent_id", ["agent:a.b-c_d", "agent:Sofia.v2", "agent:0"])
 @pytest.mark.parametrize("form", ["canonical", "upper", "braces", "hex"])
-async def test_accepted_ids_call_exactly_the_expected_urls(stack, client, agent_id, form):
+async def test_accepted_ids_call_exactly_the_expected_urls(stack, configure, client, agent_id, form):
     """Whatever spelling is accepted, the URL a client calls is the contract's, on the configured host."""
+    configure(AGENT_RUNTIME__AGENTS__ALLOW_UNKNOWN="true")  # these agents are known nowhere
     channel = stack.channel()
     stack.messaging.add_message(channel, "hello")
     spelled = {

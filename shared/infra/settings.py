@@ -1,28 +1,33 @@
 """Settings: built-in defaults < config.yaml < environment variables, loaded once per process.
 
-Every key can be set from the environment as ``AGENT_RUNTIME__<SECTION>__<KEY>``
-(for example ``AGENT_RUNTIME__LLM__MOCK_FALLBACK=false``). The seed's variable names and the
-secrets' names from contracts.md are kept as aliases (see ``ENV_ALIASES``).
+The defaults are declared here, once; config.yaml is a commented reference of them. Every key can
+be set from the environment as ``AGENT_RUNTIME__<SECTION>__<KEY>`` (any case; for example
+``AGENT_RUNTIME__LLM__MOCK_FALLBACK=false``; JSON for mappings), and the seed's variable names and
+the secrets' names from contracts.md are kept as aliases (``ENV_ALIASES``). A variable that is set
+counts even when it is empty: ``LLM_PROXY_URL=`` means no LLM, the keyword mock answers.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 CONFIG_ENV = "AGENT_RUNTIME_CONFIG"
 ENV_PREFIX = "AGENT_RUNTIME__"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
-
-
-def _json_if_text(value: Any) -> Any:
-    """A mapping set from the environment arrives as JSON text."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 class _Section(BaseModel):
@@ -37,7 +42,7 @@ class ServiceSettings(_Section):
 
 
 class MessagingSettings(ServiceSettings):
-    url: str = "http://messaging-service:7004"
+    url: str = Field("http://messaging-service:7004", min_length=1)  # required: replies go there
     history_limit: int = Field(50, ge=1, le=200)
     post_style: Literal["body", "query"] = "body"  # seed form | deployed form
 
@@ -58,8 +63,8 @@ class ModelLimits(_Section):
 
 
 class LlmSettings(ServiceSettings):
-    provider: Literal["proxy", "openai", "anthropic"] = "proxy"
-    url: str = "http://llm-proxy:7007"  # llm-proxy (provider: proxy)
+    provider: str = "proxy"  # a name in shared/llm PROVIDERS: proxy, openai, anthropic
+    url: str = "http://llm-proxy:7007"  # llm-proxy (provider: proxy); empty: the keyword mock answers
     openai_url: str = "https://api.openai.com/v1"  # any Chat Completions server: DeepSeek, vLLM, Ollama, LiteLLM
     openai_api_key: SecretStr | None = None
     anthropic_url: str = "https://api.anthropic.com"
@@ -71,9 +76,8 @@ class LlmSettings(ServiceSettings):
     max_tokens: int = Field(1000, ge=1, le=32000)
     temperature: float = Field(0.7, ge=0, le=2)
     mock_fallback: bool = True
-    # for a model not listed in ``models``
-    default_limits: Annotated[ModelLimits, BeforeValidator(_json_if_text)] = ModelLimits()
-    models: Annotated[dict[str, ModelLimits], BeforeValidator(_json_if_text)] = Field(
+    default_limits: ModelLimits = ModelLimits()  # for a model not listed in ``models``
+    models: dict[str, ModelLimits] = Field(
         default_factory=lambda: {
             "gpt-4": ModelLimits(context_window=8192, reply_reserve=1000),
             "gpt-4o": ModelLimits(context_window=128000, reply_reserve=4000),
@@ -96,6 +100,9 @@ class AgentsSettings(ServiceSettings):
     attempts: int = Field(2, ge=1, le=10)
     blueprints_dir: str = "blueprints"  # relative to the project root unless absolute
     cache_ttl_s: float = Field(300.0, ge=0)
+    cache_size: int = Field(1024, ge=1)  # blueprints kept (LRU)
+    known: list[str] = Field(default_factory=list)  # ids answered by the built-in agent with no blueprint
+    allow_unknown: bool = False  # answer any other id with the built-in agent too
 
 
 class ToolsSettings(ServiceSettings):
@@ -108,9 +115,11 @@ class ToolsSettings(ServiceSettings):
     pdp_secret: SecretStr | None = None
     pdp_timeout_s: float = Field(2.0, gt=0)
     max_tool_steps: int = Field(3, ge=0, le=10)
+    max_calls_per_turn: int = Field(3, ge=1)  # tool calls the LLM may make in one answer
+    max_calls_per_run: int = Field(5, ge=1)  # and in one invocation, all rounds together
     max_result_chars: int = Field(4000, ge=100)
     # agent-facing name -> toolcore id; summarize_channel is built in and needs no entry
-    toolcore_ids: Annotated[dict[str, str], BeforeValidator(_json_if_text)] = Field(
+    toolcore_ids: dict[str, str] = Field(
         default_factory=lambda: {
             "create_task": "task.create",
             "create_followup": "followup.create",
@@ -120,8 +129,8 @@ class ToolsSettings(ServiceSettings):
 
 
 class NatsSettings(_Section):
-    url: str = "nats://nats:4222"
-    invocation_subject: str = "router.invoke.agent"
+    url: str = Field("nats://nats:4222", min_length=1, description="NATS server(s), comma-separated")
+    invocation_subject: str = Field("router.invoke.agent", min_length=1, description="where the router publishes")
 
 
 class RuntimeSettings(_Section):
@@ -147,31 +156,38 @@ class RuntimeSettings(_Section):
 class IdempotencySettings(_Section):
     """Where the exactly-once records live: one process, NATS JetStream KV (on-prem), DynamoDB (Lambda)."""
 
-    backend: Literal["memory", "nats", "dynamodb"] = "memory"
+    backend: str = "memory"  # a name in shared/idempotency BACKENDS: memory, nats, dynamodb
     nats_bucket: str = "agent_runtime_idempotency"
     dynamodb_table: str = "agent-runtime-idempotency"
 
 
 class RunnerSettings(_Section):
-    """local_runner.py: the NATS-to-HTTP bridge."""
+    """local_runner.py, the NATS-to-HTTP bridge: each field is also its command-line option."""
 
-    mode: Literal["core", "jetstream"] = "core"
-    queue_group: str = "agent-runtime"
-    function_url: str | None = None  # the invoke endpoint; None: serve agent_runtime in-process
-    function_port: int = Field(7006, ge=1, le=65535)
-    port: int = Field(9106, ge=0, le=65535)  # the runner's own /health and /metrics
-    max_in_flight: int = Field(64, ge=1, le=10000)
-    max_deliver: int = Field(5, ge=1)
-    request_timeout_s: float = Field(90.0, gt=0)
-    ack_wait_s: float = Field(120.0, gt=0)
-    drain_timeout_s: float = Field(30.0, gt=0)
-    stream: str = "AGENT_INVOCATIONS"
-    durable: str = "agent-runtime"
-    dlq_subject: str | None = None  # None: <subject>.dlq
-    embedded_nats: bool = False
+    mode: Literal["core", "jetstream"] = Field(
+        "core", description="core: a queue-group subscription; jetstream: a durable pull consumer"
+    )
+    queue_group: str = Field("agent-runtime", description="the core-mode queue group runners share")
+    function_url: str | None = Field(
+        None, description="the invoke endpoint; none: serve agent_runtime in this process on function_port"
+    )
+    function_port: int = Field(7006, ge=1, le=65535, description="where agent_runtime is served in this process")
+    port: int = Field(9106, ge=0, le=65535, description="the runner's own /health and /metrics")
+    max_in_flight: int = Field(64, ge=1, le=10000, description="calls of the function at once")
+    max_deliver: int = Field(5, ge=1, description="attempts per invocation before it is dead-lettered")
+    request_timeout_s: float = Field(90.0, gt=0, description="one call of the function")
+    ack_wait_s: float = Field(120.0, gt=0, description="jetstream: redelivery after this long unacknowledged")
+    drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long invocations in flight may finish")
+    stream: str = Field("AGENT_INVOCATIONS", description="jetstream: the stream capturing the subject")
+    durable: str = Field("agent-runtime", description="jetstream: the durable consumer runners share")
+    dlq_subject: str | None = Field(None, description="where dead letters go; none: <subject>.dlq")
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """Every setting; ``Settings()`` is the built-in defaults, ``load()`` adds the file and the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)
+
     service: str = "agent-runtime"
     version: str = "1.0.0"
     nats: NatsSettings = NatsSettings()
@@ -183,6 +199,17 @@ class Settings(_Section):
     runtime: RuntimeSettings = RuntimeSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     runner: RunnerSettings = RunnerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the file and the environment are load()'s sources
 
 
 # The seed's and contracts.md's variable names, each mapped to its key.
@@ -208,23 +235,73 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The keys set by the environment, as nested sections (aliases first, prefixed names win)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, (section, key) in ENV_ALIASES.items():
-        if environ.get(name):
-            out.setdefault(section, {})[key] = environ[name]
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX):
-            section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-            if key:
-                out.setdefault(section, {})[key] = value
-            else:
-                out[section] = value
-    return out
+class EnvironmentSource(EnvSettingsSource):
+    """``AGENT_RUNTIME__<SECTION>__<KEY>`` from the given environment, not necessarily the process's."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        unknown = sorted(
+            name
+            for name in self._environ
+            if name.upper().startswith(ENV_PREFIX)
+            and name[len(ENV_PREFIX) :].partition("__")[0].lower() not in Settings.model_fields
+        )
+        if unknown:
+            raise ValueError(f"{unknown[0]}: no such setting")
+        return {name.lower(): value for name, value in self._environ.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            raise ValueError(f"{field_name}: expected JSON ({exc})") from None
+
+
+class SeedNamesSource(PydanticBaseSettingsSource):
+    """The seed's names (``ENV_ALIASES``), each set into its key."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(Settings)
+        self._environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ maps whole names
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, (section, key) in ENV_ALIASES.items():
+            if name in self._environ:
+                out.setdefault(section, {})[key] = self._environ[name]
+        return out
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """config.yaml; a file of nothing but comments is not parsed (no yaml import at start-up)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(Settings)
+        self._path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file
+
+    def __call__(self) -> dict[str, Any]:
+        text = self._path.read_text(encoding="utf-8")
+        if all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+            return {}
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self._path}: expected a mapping at the top level")
+        return data
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, mappings merged key by key."""
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -234,24 +311,24 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load(environ: dict[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
+def load(environ: Mapping[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
     """Build settings from the config file and the environment (both optional)."""
     environ = dict(os.environ if environ is None else environ)
     if any(name.endswith("_SECRET_ARN") and value for name, value in environ.items()):
         from shared.infra.secrets import resolve_arns  # boto3 only where secrets live in Secrets Manager
 
         environ = resolve_arns(environ)
-    path = Path(config_path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    data: dict[str, Any] = {}
-    if path.is_file():
-        import yaml  # only when there is a file to read
-
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    elif config_path or environ.get(CONFIG_ENV):
+    named = config_path or environ.get(CONFIG_ENV)
+    path = Path(named or DEFAULT_CONFIG)
+    if named and not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    return Settings.model_validate(deep_merge(data, env_overrides(environ)))
+    sources: tuple[PydanticBaseSettingsSource, ...] = (EnvironmentSource(environ), SeedNamesSource(environ))
+    if path.is_file():
+        sources += (ConfigFileSource(path),)
+    try:
+        return Settings(_build_sources=(sources, {}))
+    except SettingsError as exc:  # pydantic-settings names the section; its cause, the key and why
+        raise ValueError(f"{exc}: {exc.__cause__}") from None
 
 
 @lru_cache(maxsize=1)

@@ -182,7 +182,7 @@ async def soak(
 ) -> Summary:
     import nats
 
-    from runner.embedded import NatsServer, free_port
+    from localstack.embedded import NatsServer, free_port
     from standins.llm import LlmStandIn
     from standins.memory import MemoryStandIn
     from standins.messaging import MessagingStandIn
