@@ -14,8 +14,8 @@ run, with the target ratio and PASS/MISS. Nothing here is a test: tests never ti
 3. bridge: invocations published on NATS through ``local_runner.py`` to replies posted, core and
    jetstream modes (a private nats-server).
 4. slow LLM: the LLM answers after 1 s; invocations through the bridge with --max-in-flight 256.
-5. cold start: importing ``main``, and process start to the first /health 200, beside a bare
-   functions-framework hello world (bench/hello/main.py).
+5. cold start: importing ``main``, and process start to the first POST /invoke answered, beside a
+   bare functions-framework hello world (bench/hello/main.py) in alternating rounds (bench/coldstart.py).
 6. resident memory of the function's worker process, idle and loaded.
 """
 
@@ -45,7 +45,7 @@ AGENT = "agent:sofia"
 SUBJECT = "router.invoke.agent"
 # Loaded at start by an HTTP function only if a request needs it, and never by one of ours.
 NOT_AT_START = ("aiohttp", "nats", "boto3", "botocore", "prometheus_client", "pydantic", "httpx", "yaml", "tenacity")
-NEVER_IN_A_FUNCTION = ("nats", "boto3", "botocore", "httpx", "pytest", "moto", "standins")
+NEVER_IN_A_FUNCTION = ("nats", "boto3", "botocore", "httpx", "pytest", "moto", "standins", "localstack")
 
 
 def say(text: str) -> None:
@@ -308,7 +308,7 @@ async def bridge(procs: Processes, fakes: Fakes, base: str, *, mode: str, n: int
     """Publish n invocations (one channel each) on a private nats-server; time until n replies are posted."""
     import nats
 
-    from runner.embedded import NatsServer
+    from localstack.embedded import NatsServer
 
     server = await NatsServer(port=free_port()).start()
     try:
@@ -318,7 +318,7 @@ async def bridge(procs: Processes, fakes: Fakes, base: str, *, mode: str, n: int
             PY,
             "local_runner.py",
             *("--function-url", f"{base}/invoke", "--nats-url", server.url, "--mode", mode),
-            *("--max-in-flight", str(max_in_flight), "--port", "0", "--drain-timeout", "5"),
+            *("--max-in-flight", str(max_in_flight), "--port", "0", "--drain-timeout-s", "5"),
         ]
         runner = procs.start(f"runner-{mode}-{max_in_flight}", argv, env=env, stdout=subprocess.PIPE)
         line = await asyncio.wait_for(asyncio.to_thread(runner.stdout.readline), 30)
@@ -373,32 +373,6 @@ def request_imports() -> set[str]:
     probe = "import sys, main, handlers.http; print(','.join(sorted({m.split('.')[0] for m in sys.modules})))"
     out = subprocess.run([PY, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return set(out.strip().split(","))
-
-
-async def time_to_health(procs: Processes, target: str, cwd: Path, env: dict, runs: int) -> float:
-    """Median seconds from process start to the first /health 200."""
-    import aiohttp
-
-    times = []
-    async with aiohttp.ClientSession() as s:
-        for i in range(runs):
-            port = free_port()
-            argv = [*FF, "--target", target, "--asgi", "--host", "127.0.0.1", "--port", str(port)]
-            started = time.perf_counter()
-            process = procs.start(f"cold-{target}-{i}", argv, cwd=cwd, env=env)
-            while True:
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if process.poll() is not None or time.perf_counter() - started > 30:
-                    raise RuntimeError(f"{target} did not start; see {process.log_path}")  # type: ignore[attr-defined]
-                await asyncio.sleep(0.005)
-            times.append(time.perf_counter() - started)
-            procs.stop(process)
-    return statistics.median(times)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -592,17 +566,12 @@ async def suite(args: argparse.Namespace) -> int:
             )
         )
         ok &= not stray
-        health_runs = 2 if args.quick else 3
-        main_up = await time_to_health(procs, "agent_runtime", ROOT, fakes.env(), health_runs)
-        hello_up = await time_to_health(procs, "hello", hello, fakes.env(), health_runs)
-        rows.append(
-            Row(
-                "   process start → first /health 200",
-                f"{main_up * 1000:.0f} ms",
-                f"hello world {hello_up * 1000:.0f} ms",
-                f"{main_up / hello_up:.2f}",
-            )
-        )
+        import coldstart
+
+        await fakes.start("llm")  # answering at once again (4. slowed it)
+        cold = await coldstart.measure(fakes.env(), 3 if args.quick else 7, procs.logs)
+        rows += [Row(*row) for row in cold.table_rows()]
+        ok &= cold.ok
 
         rows.append(Row("6. function worker RSS, idle (after /health)", f"{idle_mb:.0f} MB"))
         rows.append(Row(f"   after {rounds * each} invocations", f"{loaded_mb:.0f} MB"))

@@ -15,8 +15,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-
 from shared.contracts import FailureKind
 from shared.errors import DependencyError
 from shared.infra import backoff, jsoncodec
@@ -24,6 +22,7 @@ from shared.infra.deadline import Deadline
 
 if TYPE_CHECKING:
     import aiohttp
+    from tenacity import RetryCallState
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
@@ -130,6 +129,7 @@ class Endpoint:
             if not self._repeatable(exc, retry) or self.attempts == 1:
                 raise
             first_failure: DependencyError | None = exc
+        from tenacity import AsyncRetrying, retry_if_exception  # only once a call has failed
 
         def wait(state: RetryCallState) -> float:
             failed = state.outcome.exception() if state.outcome else None
