@@ -39,7 +39,8 @@ BRIDGE = (
 LOCAL = (
     "The local developer stack: the bridge and agent_runtime, plus a private nats-server when nothing "
     "answers at the NATS URL, stand-ins for messaging-service and agent-memory left at their default "
-    "URLs, and the keyword mock when the LLM's URL is the default."
+    "URLs and for toolcore and pdp-service left unset (localstack/policy.yaml says which tools each agent "
+    "may run), and the keyword mock when the LLM's URL is the default."
 )
 
 
@@ -80,21 +81,30 @@ def with_options(s: Settings, p: argparse.ArgumentParser, argv: list[str]) -> Se
     args = vars(p.parse_args(argv))
     try:
         runner = RunnerSettings.model_validate({name: args[name] for name in RunnerSettings.model_fields})
-        nats = NatsSettings(url=args["url"], invocation_subject=args["invocation_subject"])
+        given = {"url": args["url"], "invocation_subject": args["invocation_subject"]}
+        nats = NatsSettings.model_validate(s.nats.model_dump() | given)  # credentials and TLS kept
     except ValidationError as exc:
         p.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     return s.model_copy(update={"runner": runner, "nats": nats})
 
 
 def say_parser(s: Settings) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="local_runner.py say", description="Talk to the agent of the local stack.")
-    p.add_argument("text")
-    p.add_argument("--agent", default="agent:sofia")
-    p.add_argument("--channel", default=None)
-    p.add_argument("--nats-url", default=None)
-    p.add_argument("--messaging-url", default=None)
-    p.add_argument("--subject", default=s.nats.invocation_subject)
-    p.add_argument("--timeout", type=float, default=60.0)
+    p = argparse.ArgumentParser(
+        prog="local_runner.py say",
+        description="Talk to the agent of the running local stack (./dev run): post TEXT into the demo "
+        "channel, invoke the agent as the router does, and print its reply, or why there is none.",
+    )
+    p.add_argument("text", help="what you say")
+    p.add_argument(
+        "--agent", default="agent:sofia", help="the agent's id; a bare name means agent:<name> (default: agent:sofia)"
+    )
+    p.add_argument("--channel", default=None, help="the channel; default: the local stack's demo channel")
+    p.add_argument("--nats-url", default=None, help="default: the running local stack's")
+    p.add_argument("--messaging-url", default=None, help="default: the running local stack's")
+    p.add_argument(
+        "--subject", default=s.nats.invocation_subject, help="where the router publishes (default: %(default)s)"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome (default: %(default)s)")
     return p
 
 
@@ -120,14 +130,14 @@ async def run(s: Settings, *, local: bool) -> int:
         function_url = s.runner.function_url
         if not function_url:  # serve the function here, with these settings (a container runs both)
             runtime.install(runtime.Runtime.from_settings(s))
-            function = await serve.Serving.start(serve.function_app(), "127.0.0.1", s.runner.function_port)
+            function = await serve.Serving.start(serve.function_app(), s.runner.host, s.runner.function_port)
             cleanup.push_async_callback(function.stop)
             function_url = f"http://127.0.0.1:{function.port}/invoke"
             log.info("agent_runtime served", extra={"fields": {"url": function_url}})
 
         bridge = Bridge(s, function_url)
         secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
-        status = await serve.Serving.start(serve.status_app(bridge.health, secret=secret), "127.0.0.1", s.runner.port)
+        status = await serve.Serving.start(serve.status_app(bridge.health, secret=secret), s.runner.host, s.runner.port)
         cleanup.push_async_callback(status.stop)
         starting = asyncio.create_task(bridge.start())  # waits as long as NATS is away
         stopping = asyncio.create_task(stop.wait())

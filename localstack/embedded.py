@@ -16,9 +16,14 @@ from urllib.parse import urlsplit
 from standins.memory import MemoryStandIn
 from standins.messaging import DEMO_CHANNEL, MessagingStandIn
 from standins.server import Served
+from standins.toolcore import PdpStandIn, ToolcoreStandIn
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE_FILE = ROOT / ".local-stack.json"  # where `local_runner.py say` finds the running stack
+POLICY_FILE = Path(__file__).with_name("policy.yaml")  # the PDP stand-in's: agent → tool ids it may run
+# memory-orchestrator's own default (a published, local-only value): its stand-in asks for one too
+MEMORY_SECRET = "dev-secret-token"  # noqa: S105
+SEED_PORTS = {"messaging": 7004, "memory": 7008}  # the other stand-ins take a free port
 
 
 def nats_server_binary() -> str:
@@ -72,6 +77,9 @@ class NatsServer:
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.store_dir],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # out of the terminal's process group: Ctrl-C reaches only us, and the server is stopped
+            # last, after the bridge has drained
+            start_new_session=True,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -97,19 +105,34 @@ class NatsServer:
             self._tmp.cleanup()
 
 
-class StandIns:
-    """messaging-service and agent-memory stand-ins on the seed's ports (or free ones)."""
+def load_policy(path: Path = POLICY_FILE) -> dict[str, set[str]]:
+    """The local PDP's policy: agent id → the tool ids it may run."""
+    import yaml
 
-    def __init__(self, *, messaging: bool, memory: bool) -> None:
-        self.messaging = MessagingStandIn() if messaging else None
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or not all(isinstance(tools, list) for tools in data.values()):
+        raise ValueError(f"{path}: expected a mapping of agent id to a list of tool ids")
+    return {str(agent): {str(tool) for tool in tools} for agent, tools in data.items()}
+
+
+class StandIns:
+    """Stand-ins for the services named: messaging-service and agent-memory on the seed's ports (or
+    free ones), toolcore and pdp-service (with the local policy) on free ports."""
+
+    def __init__(self, names: set[str], *, memory_secret: str = MEMORY_SECRET) -> None:
+        self.messaging = MessagingStandIn() if "messaging" in names else None
         if self.messaging is not None:  # something to answer straight away (the README's curl)
             self.messaging.add_message(DEMO_CHANNEL, "Привіт! Що нового в нашій DAO?")
-        self.memory = MemoryStandIn() if memory else None
+        self.memory = MemoryStandIn(secret=memory_secret) if "memory" in names else None
+        self.toolcore = ToolcoreStandIn() if "toolcore" in names else None
+        self.pdp = PdpStandIn(load_policy()) if "pdp" in names else None
         self._served: list[Served] = []
         self.urls: dict[str, str] = {}
-        for name, standin, port in (("messaging", self.messaging, 7004), ("memory", self.memory, 7008)):
+        for name in ("messaging", "memory", "toolcore", "pdp"):
+            standin = getattr(self, name)
             if standin is not None:
-                served = Served(standin.app, port=port if port_free(port) else 0)
+                port = SEED_PORTS.get(name, 0)
+                served = Served(standin.app, port=port if port and port_free(port) else 0)
                 self._served.append(served)
                 self.urls[name] = served.url
 

@@ -1,7 +1,8 @@
 """``local_runner.py say "привіт"``: talk to the agent of the running local stack, as the router would.
 
-Posts a human message into the demo channel, publishes the invocation on NATS exactly as the
-router does (plain core publish, no headers), and prints the agent's reply when it arrives.
+Posts a human message into the demo channel and sends the invocation on NATS as the router does
+(core NATS, no headers), as a request: in core mode the bridge answers it with the run's outcome, so
+a reply, a skip or a rejection is told at once, with its reason.
 """
 
 from __future__ import annotations
@@ -9,10 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
+from typing import Any
 
 from localstack.embedded import read_state
 from shared.clients import http
 from standins.messaging import DEMO_CHANNEL
+
+START_HINT = "start it with: ./dev run"
+
+
+def agent_id_of(name: str) -> str:
+    """``helion`` is ``agent:helion``: the id the platform and the runtime know."""
+    return name if name.startswith("agent:") else f"agent:{name}"
 
 
 async def say(
@@ -26,12 +35,19 @@ async def say(
     timeout_s: float,
 ) -> int:
     import nats
+    from nats.errors import Error as NatsError
+    from nats.errors import NoRespondersError
 
+    agent_id = agent_id_of(agent_id)
     state = read_state()
     nats_url = nats_url or state.get("nats_url") or "nats://127.0.0.1:4222"
     messaging_url = (messaging_url or state.get("messaging_url") or "http://127.0.0.1:7004").rstrip("/")
     channel = channel or state.get("channel") or DEMO_CHANNEL
     history_url = f"{messaging_url}/api/messaging/channels/{channel}/messages"
+
+    async def quiet(exc: Exception) -> None:
+        """nats-py logs every failed attempt; the one line below says it."""
+
     try:
         async with http.session().post(history_url, json={"text": text, "sender_id": "user:you"}) as response:
             if response.status != 201:
@@ -40,7 +56,6 @@ async def say(
             message = await response.json()
         print(f"you: {text}")
 
-        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0)
         invocation = {
             "agent_id": agent_id,
             "entrypoint": "channel_message",
@@ -52,24 +67,69 @@ async def say(
                 "rewrite_prompt": None,
             },
         }
-        await nc.publish(subject, json.dumps(invocation).encode())
-        await nc.flush()
-        await nc.close()
-
-        sent_at = datetime.fromisoformat(message["created_at"])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:  # the stand-in has no push channel to us: look every 200 ms
-            async with http.session().get(history_url, params={"limit": "20"}) as response:
-                for m in await response.json():
-                    if m["sender_id"] == agent_id and datetime.fromisoformat(m["created_at"]) > sent_at:
-                        print(f"{agent_id}: {m['content_preview']}")
-                        return 0
-            await asyncio.sleep(0.2)
-        print(f"no reply from {agent_id} within {timeout_s:.0f}s")
-        return 1
-    except OSError as exc:
-        print(f"the local stack is not reachable ({exc}); start it with: python local_runner.py local")
+        nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0, error_cb=quiet)
+        try:
+            answer = await nc.request(subject, json.dumps(invocation).encode(), timeout=timeout_s)
+        except NoRespondersError:
+            print(f"nothing takes invocations on {subject} at {nats_url}: is the stack running? {START_HINT}")
+            return 1
+        except TimeoutError:
+            print(f"no answer from {agent_id} within {timeout_s:.0f}s")
+            return 1
+        finally:
+            await nc.close()
+        try:
+            outcome = json.loads(answer.data)
+        except ValueError:
+            outcome = None
+        if not isinstance(outcome, dict):
+            print(f"unreadable answer on {subject}: {answer.data[:200]!r}")
+            return 1
+        if "stream" in outcome and "seq" in outcome:  # jetstream mode: the stream took it, the bridge answers no one
+            return await _poll(history_url, agent_id, datetime.fromisoformat(message["created_at"]), timeout_s)
+        return await _tell(history_url, agent_id, outcome)
+    except (OSError, NatsError) as exc:
+        print(f"the local stack is not reachable ({type(exc).__name__}: {exc}); {START_HINT}")
         return 1
     finally:
         await http.aclose()
+
+
+async def _tell(history_url: str, agent_id: str, outcome: dict[str, Any]) -> int:
+    """Print the run's outcome: the reply's text, or why there is none."""
+    status = outcome.get("status")
+    if status == "replied":
+        async with http.session().get(history_url, params={"limit": "50"}) as response:
+            posted = {m["id"]: m for m in await response.json()}
+        reply = posted.get(outcome.get("message_id"))
+        print(f"{agent_id}: {reply['content_preview'] if reply else '(posted; not in the recent history)'}")
+        for call in outcome.get("tool_calls") or []:
+            print(f"  tool {call.get('tool')}: {call.get('result')}")
+        for note in outcome.get("notes") or []:
+            print(f"  note: {note}")
+        return 0
+    if status == "skipped":
+        print(f"{agent_id} did not answer: {outcome.get('reason')}")
+    elif status == "failed":
+        print(
+            f"{agent_id} could not answer: {outcome.get('error')} (step {outcome.get('step')}, {outcome.get('kind')})"
+        )
+    else:  # refused before any run: the function's own words (a 422 names the field and why)
+        why = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in outcome.get("detail") or [])
+        print(f"the invocation was rejected: {outcome.get('error') or outcome}" + (f" ({why})" if why else ""))
+    return 1
+
+
+async def _poll(history_url: str, agent_id: str, sent_at: datetime, timeout_s: float) -> int:
+    """The reply as it appears in the channel (the stand-in has no push channel to us: look every 200 ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        async with http.session().get(history_url, params={"limit": "20"}) as response:
+            for m in await response.json():
+                if m["sender_id"] == agent_id and datetime.fromisoformat(m["created_at"]) > sent_at:
+                    print(f"{agent_id}: {m['content_preview']}")
+                    return 0
+        await asyncio.sleep(0.2)
+    print(f"no reply from {agent_id} within {timeout_s:.0f}s")
+    return 1

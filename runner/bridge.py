@@ -16,11 +16,14 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from runner import metrics
+from runner.breaker import Breaker
 from runner.dispatch import Dispatcher
-from runner.forward import Answer, call_headers, forward
+from runner.forward import Answer, call_headers, forward, health_url, probe
 from shared.delivery import Verdict, decide
 from shared.errors import BadInput
 from shared.infra import jsoncodec
+from shared.infra.jetstream import ensure_stream
+from shared.infra.nats_connect import NatsRefused, connect, connect_options
 from shared.infra.observability import redact_url
 
 if TYPE_CHECKING:
@@ -38,12 +41,15 @@ class Bridge:
     def __init__(self, s: Settings, function_url: str) -> None:
         self.runner = s.runner
         self.servers = s.nats.url.split(",")
+        self.nats_auth = connect_options(s.nats)  # credentials and TLS; unreadable files fail here, at start
         self.subject = s.nats.invocation_subject
         self.dead_letter_subject = s.runner.dlq_subject or f"{self.subject}.dlq"
         self.function_url = function_url
         self.function_secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
         self.max_body_bytes = s.runtime.max_body_bytes
         self.dispatcher = Dispatcher(s.runner.max_in_flight)
+        probe_timeout_s = min(5.0, s.runner.request_timeout_s)
+        self.breaker = Breaker(lambda: probe(health_url(function_url), probe_timeout_s))
         self.nc: Client | None = None
         self._subscription: Any = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -53,9 +59,7 @@ class Bridge:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        import nats
-
-        self.nc = await _connect_until_up(nats, self.servers)
+        self.nc = await _connect_until_up(self.servers, self.nats_auth)
         if self.runner.mode == "jetstream":
             await self._start_jetstream()
         else:
@@ -89,6 +93,7 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
         finished = await self.dispatcher.drain(self.runner.drain_timeout_s)
+        await self.breaker.close()
         if self.nc is not None and not self.nc.is_closed:
             # Everything taken is settled by now; send the last acks and close. (nats-py's drain()
             # of a pull subscription can wait its whole drain timeout for nothing.)
@@ -102,8 +107,9 @@ class Bridge:
         connected = bool(self.nc and self.nc.is_connected)
         consumer = self.runner.durable if self.runner.mode == "jetstream" else self.runner.queue_group
         return {
-            "status": "ok" if connected else "degraded",
+            "status": "ok" if connected and not self.breaker.is_open else "degraded",
             "nats_connected": connected,
+            "function": self.breaker.state(),
             "mode": self.runner.mode,
             "subject": self.subject,
             "consumer": consumer,
@@ -117,17 +123,14 @@ class Bridge:
         await self._admit(msg)
 
     async def _start_jetstream(self) -> None:
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType
-        from nats.js.errors import NotFoundError
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         assert self.nc is not None
         js = self.nc.jetstream()
         cfg = self.runner
         for name, subject in ((cfg.stream, self.subject), (f"{cfg.stream}_DLQ", self.dead_letter_subject)):
-            try:
-                await js.stream_info(name)
-            except NotFoundError:  # capture the router's plain publishes: it needs no change
-                await js.add_stream(name=name, subjects=[subject], storage=StorageType.FILE)
+            # capture the router's plain publishes: it needs no change
+            await ensure_stream(js, name, subject, cfg.stream_replicas)
         self._subscription = await js.pull_subscribe(
             self.subject,
             durable=cfg.durable,
@@ -147,6 +150,9 @@ class Bridge:
 
         failures = 0
         while not self._stopping:
+            if self.breaker.is_open:  # take nothing new while the function cannot answer it
+                await self.breaker.wait_closed()
+                continue
             batch = min(64, self.dispatcher.free())
             if batch <= 0:
                 await asyncio.sleep(0.01)  # the bounded queue is full: let it drain
@@ -187,18 +193,25 @@ class Bridge:
         try:
             attempt = msg.metadata.num_delivered if self.runner.mode == "jetstream" else 1
             headers = call_headers(msg.headers, self.function_secret)
+            held = False  # this message waited out an outage, and has not reached the function since
             while True:
                 if attempt > self.runner.max_deliver:  # redelivered past the limit (a crash loop, say)
                     await self._dead_letter(msg, Verdict("dead_letter", "attempts exhausted"), None, attempt - 1)
                     return
+                if not await self._until_reachable():  # stopping with the function down: give it back
+                    await self._settle(msg, "nak", 1.0)
+                    return
                 answer = await self._call(msg.data, headers)
-                decision = decide(
-                    answer.status,
-                    attempt=attempt,
-                    max_deliver=self.runner.max_deliver,
-                    retry_after=answer.retry_after,
-                    error=_why(answer),
-                )
+                if not answer.reachable:
+                    self.breaker.trip(_why(answer) or "unreachable")
+                    if not held:  # the function's outage, not this message's doing: no delivery spent
+                        held = True
+                        continue
+                    # Unreachable again although a probe just reached the function: this message may be
+                    # what brings it down (a worker it crashes, behind a proxy): it spends a delivery.
+                else:
+                    held = False
+                decision = judge(answer, attempt=attempt, max_deliver=self.runner.max_deliver)
                 if decision.action == "ack":
                     await self._settle(msg, "ack")
                     await self._reply(msg, answer.body)
@@ -227,6 +240,24 @@ class Bridge:
         finally:
             if keep_alive is not None:
                 keep_alive.cancel()
+
+    async def _until_reachable(self) -> bool:
+        """Wait while the function is unreachable; False when the bridge stops meanwhile in JetStream
+        mode (the message is better given back to a runner that may reach it). Core mode has nowhere
+        to give it back: it waits until the function answers or the drain timeout ends the run."""
+        if not self.breaker.is_open:
+            return True
+        if self.runner.mode == "core":
+            await self.breaker.wait_closed()
+            return True
+        closed = asyncio.create_task(self.breaker.wait_closed())
+        stopping = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            stopping.cancel()
+        return not self.breaker.is_open
 
     async def _stopped_within(self, seconds: float) -> bool:
         """Wait ``seconds``, or less if the bridge is stopping; True when it is."""
@@ -342,7 +373,7 @@ async def flushed(nc: Client, timeout_s: float = 10) -> None:
     await nc.flush(timeout=timeout_s)
 
 
-async def _connect_until_up(nats: Any, servers: list[str]) -> Client:
+async def _connect_until_up(servers: list[str], auth: dict[str, Any]) -> Client:
     async def disconnected() -> None:
         log.warning("NATS disconnected")
 
@@ -356,8 +387,9 @@ async def _connect_until_up(nats: Any, servers: list[str]) -> Client:
     while True:
         attempt += 1
         try:
-            return await nats.connect(
-                servers=servers,
+            return await connect(
+                servers,
+                auth,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 connect_timeout=2,
@@ -366,12 +398,29 @@ async def _connect_until_up(nats: Any, servers: list[str]) -> Client:
                 error_cb=error,
                 name="agent-runtime-bridge",
             )
+        except NatsRefused as exc:  # wrong credentials or TLS: stop, and say why, rather than wait forever
+            log.error("NATS refused the bridge", extra={"fields": {"error": str(exc)}})
+            raise
         except Exception as exc:
             delay = min(10.0, 0.5 * 2 ** min(attempt, 5))
             log.warning(
-                "NATS not reachable, retrying", extra={"fields": {"error": type(exc).__name__, "retry_in_s": delay}}
+                "NATS not reachable, retrying",
+                extra={
+                    "fields": {
+                        "url": ",".join(redact_url(u) for u in servers),
+                        "error": type(exc).__name__,
+                        "retry_in_s": delay,
+                    }
+                },
             )
             await asyncio.sleep(delay)
+
+
+def judge(answer: Answer, *, attempt: int, max_deliver: int) -> Verdict:
+    """What to do with a message the function answered (``shared.delivery.decide``, its Retry-After honoured)."""
+    return decide(
+        answer.status, attempt=attempt, max_deliver=max_deliver, retry_after=answer.retry_after, error=_why(answer)
+    )
 
 
 def _why(answer: Answer) -> str | None:

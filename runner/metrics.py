@@ -17,6 +17,14 @@ dead_lettered = Counter(
     registry=registry,
 )
 in_flight = Gauge("runner_invocations_in_flight", "Invocations being forwarded right now", registry=registry)
+breaker_open = Gauge(
+    "runner_function_breaker_open", "1 while the function is unreachable and the intake paused", registry=registry
+)
+breaker_open_seconds = Counter(
+    "runner_function_breaker_open_seconds_total",
+    "Time the function was unreachable (the breaker open)",
+    registry=registry,
+)
 latency = Histogram(
     "runner_forward_latency_seconds",
     "Time of one function call",

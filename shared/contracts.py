@@ -18,9 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-# the name starts with a letter or digit: "agent:.." or "agent:-x" is never an id (nor a path segment)
-AGENT_ID_PATTERN = r"^agent:[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# what messaging-service accepts as a channel member (^(user|agent):[a-z0-9-]+$), capped in length:
+# any other id could never post, and no "." means no path segment like ".." either
+AGENT_ID_PATTERN = r"^agent:[a-z0-9-]{1,128}$"
 Entrypoint = Literal["channel_message", "direct", "cron"]
+Gender = Literal["feminine", "masculine"]  # grammatical: how an agent speaks of itself
 
 
 def _aware(value: datetime) -> datetime:
@@ -76,7 +78,7 @@ class Invocation(BaseModel):
             return payload
         missing = [name for name in ("schedule_id", "fire_time") if getattr(payload, name) is None]
         if not (payload.instruction or payload.task):
-            missing.append("instruction")  # or task
+            missing.append("instruction or payload.task")  # either one: the error names both
         if missing:
             raise ValidationError.from_exception_data(
                 "cron payload", [{"type": "missing", "loc": (name,), "input": None} for name in missing]
@@ -111,6 +113,7 @@ class Blueprint(BaseModel):
     model: str = Field(min_length=1)
     instructions: str = Field(min_length=1)
     language: str | None = Field(None, max_length=32)  # the default when a message does not say
+    gender: Gender | None = None  # where the language asks (Ukrainian past tense); none: impersonal phrasing
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=32000)
     memory: MemoryPolicy = MemoryPolicy()

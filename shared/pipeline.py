@@ -244,7 +244,7 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
             allow_tools=round_ < rounds,
             tool_marker=None if native else toolbox.marker,
         )
-        completion = await ask_llm(run, request, blueprint.name)
+        completion = await ask_llm(run, request, blueprint)
         if not completion.tool_calls or round_ == rounds:
             break
         with run.step("tools"):
@@ -254,14 +254,14 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         run.outcome.notes.append(f"tool_calls_capped: {toolbox.capped} not run")
     reply = completion.text
     if not reply:  # the last round said nothing: the mock's words are posted, and the outcome says so
-        reply = mock_llm.reply(task.asked, blueprint.name)
+        reply = mock_llm.reply(task.asked, blueprint.name, gender=blueprint.gender, default_language=blueprint.language)
         if run.outcome.llm_source == "llm":
             run.outcome.llm_source = "mock"
             run.outcome.notes.append("llm_empty_reply")
     return reply[: cfg.runtime.max_reply_chars]
 
 
-async def ask_llm(run: Run, request: ChatRequest, agent_name: str) -> Completion:
+async def ask_llm(run: Run, request: ChatRequest, agent: Blueprint) -> Completion:
     """The LLM's next turn; the mock's once the LLM failed and the fallback is on (noted, counted)."""
     rt = run.rt
     if run.outcome.llm_source != "mock" and rt.llm.configured:  # with no LLM configured the mock is the provider
@@ -276,7 +276,8 @@ async def ask_llm(run: Run, request: ChatRequest, agent_name: str) -> Completion
             return completion
         metrics.child(metrics.MOCK_FALLBACKS, run.agent_id).inc()
     run.outcome.llm_source = "mock"
-    return mock_llm.complete(request.messages, [t.name for t in request.tools if request.allow_tools], agent_name)
+    tools = [t.name for t in request.tools if request.allow_tools]
+    return mock_llm.complete(request.messages, tools, agent.name, gender=agent.gender, default_language=agent.language)
 
 
 # --- 5. delivery -----------------------------------------------------------------------------

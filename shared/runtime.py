@@ -63,7 +63,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, s: Settings, *, idempotency: IdempotencyStore | None = None) -> Runtime:
-        return cls(
+        rt = cls(
             settings=s,
             messaging=MessagingClient(
                 endpoint("messaging", s.messaging),
@@ -87,6 +87,8 @@ class Runtime:
                 2,
             ),
         )
+        rt.memory.warn_without_secret()  # once per process: runs only note the refusals
+        return rt
 
 
 _current: Runtime | None = None

@@ -19,6 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messaging-port", type=int, default=7004)
     parser.add_argument("--memory-port", type=int, default=7008)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container, for the others to reach")
     args = parser.parse_args()
 
     messaging, memory = MessagingStandIn(), MemoryStandIn()
@@ -29,7 +30,10 @@ def main() -> None:
             print(f"[{message['channel_id']}] {message['sender_id']}: {message['content_preview']}", flush=True)
 
     messaging.on_message = show
-    servers = [Served(messaging.app, port=args.messaging_port), Served(memory.app, port=args.memory_port)]
+    servers = [
+        Served(messaging.app, host=args.host, port=args.messaging_port),
+        Served(memory.app, host=args.host, port=args.memory_port),
+    ]
     print(f"messaging-service stand-in: {servers[0].url} (demo channel {DEMO_CHANNEL})", flush=True)
     print(f"agent-memory stand-in:      {servers[1].url}", flush=True)
     stop = threading.Event()

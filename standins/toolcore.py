@@ -41,18 +41,25 @@ class ToolcoreStandIn:
 
 
 class PdpStandIn:
-    def __init__(self) -> None:
-        self.reset()
+    """``policy``: agent id → the tool ids it may run, anything else denied; None: ``effect`` for all."""
+
+    def __init__(self, policy: dict[str, set[str]] | None = None) -> None:
+        self.reset(policy)
         self.app = Starlette(routes=[Route("/internal/pdp/evaluate", self.evaluate, methods=["POST"])])
 
-    def reset(self) -> None:
+    def reset(self, policy: dict[str, set[str]] | None = None) -> None:
         self.faults = FaultTable()
         self.requests: list[dict[str, Any]] = []
-        self.effect = "permit"  # what every evaluation answers
+        self.effect = "permit"  # what every evaluation answers when there is no policy
+        self.policy = policy
 
     async def evaluate(self, request: Request) -> JSONResponse:
         if denied := await self.faults.apply("evaluate", request):
             return denied
         body = await request.json()
         self.requests.append(body)
-        return JSONResponse({"effect": self.effect, "reason": "stand-in policy"})
+        if self.policy is None:
+            return JSONResponse({"effect": self.effect, "reason": "stand-in policy"})
+        actor, resource = body.get("actor") or {}, body.get("resource") or {}
+        permitted = resource.get("id") in self.policy.get(actor.get("actor_id"), set())
+        return JSONResponse({"effect": "permit" if permitted else "deny", "reason": "local policy"})

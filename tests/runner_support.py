@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from runner.bridge import Bridge
@@ -21,44 +22,64 @@ from shared.infra.settings import NatsSettings, RunnerSettings, RuntimeSettings,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-async def eventually(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
-    """Wait until ``condition()`` holds, at most ``timeout_s``: a bounded wait, not a sleep."""
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 15.0, what: str = "condition"
+) -> None:
+    """Wait until ``condition()`` holds (it may be a coroutine), at most ``timeout_s``: a bounded wait, not a sleep."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not condition():
+
+    async def holds() -> bool:
+        result = condition()
+        return bool(await result if inspect.isawaitable(result) else result)
+
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def failed(error: str, *, retryable: bool = True) -> dict[str, Any]:
+    """The function's own outcome for a failed run (what tells its 5xx from a proxy's)."""
+    return {"status": "failed", "agent_id": "agent:sofia", "retryable": retryable, "error": error}
 
 
 class ScriptedFunction:
     """An HTTP server standing where the invoke function would: answers from a script, records calls.
 
     ``script`` maps a call number (1-based, per message body) to (status, body, headers); calls not
-    in it answer 200. ``delay_s`` makes every call slow.
+    in it answer 200. A body that is a str is sent as text (a proxy's page), anything else as JSON.
+    ``scripts`` does the same for one body. ``delay_s`` makes every call slow. ``GET /health`` answers 200.
     """
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
         self.completed: list[bytes] = []
-        self.script: dict[int, tuple[int, dict[str, Any], dict[str, str]]] = {}
+        self.script: dict[int, tuple[int, Any, dict[str, str]]] = {}
+        self.scripts: dict[bytes, dict[int, tuple[int, Any, dict[str, str]]]] = {}
         self.delay_s = 0.0
         self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/invoke", self.invoke, methods=["POST"])])
+        self.app = Starlette(routes=[Route("/invoke", self.invoke, methods=["POST"]), Route("/health", self.health)])
 
     def calls_for(self, body: bytes) -> int:
         return sum(1 for c in self.calls if c["body"] == body)
 
-    async def invoke(self, request: Request) -> JSONResponse:
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def invoke(self, request: Request) -> Response:
         body = await request.body()
         with self._lock:
             self.calls.append({"body": body, "headers": dict(request.headers)})
             n = self.calls_for(body)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        status, payload, headers = self.script.get(n, (200, {"status": "replied"}, {}))
+        script = self.scripts.get(body, self.script)
+        status, payload, headers = script.get(n, (200, {"status": "replied"}, {}))
         with self._lock:
             self.completed.append(body)
+        if isinstance(payload, str):
+            return PlainTextResponse(payload, status_code=status, headers=headers)
         return JSONResponse(payload, status_code=status, headers=headers)
 
 

@@ -127,7 +127,8 @@ async def test_the_mock_creates_a_task_without_an_llm(stack, configure, client):
 
     assert outcome["llm_source"] == "mock" and outcome["tool_calls"] == [{"tool": "create_task", "result": "ok"}]
     assert stack.toolcore.calls[0]["args"] == {"title": "підготувати звіт для DAO"}
-    assert stack.messaging.replies_to(channel)[0]["text"] == "Готово: create_task виконано."
+    reply = stack.messaging.replies_to(channel)[0]["text"]
+    assert reply.startswith("Готово: create_task виконано («підготувати звіт для DAO», id ")  # what it created
 
 
 async def test_a_tool_the_blueprint_lacks_is_refused(stack, client):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from botocore.stub import Stubber
 
 from shared import idempotency
 from shared.errors import DependencyError
@@ -146,3 +148,67 @@ def test_settings_choose_the_dynamodb_store_without_touching_aws():
     store = idempotency.build(s)
     assert isinstance(store, DynamoDbStore) and store.table == "records"
     assert store._client is None  # the client is made on the first claim, not at cold start
+
+
+async def test_a_claim_is_free_the_moment_it_expires(store, clock):
+    """At exactly its expiry a claim counts as expired, as in the other backends (a retry timed by the
+    Retry-After of the claim's 409 may land on that very instant)."""
+    await store.claim(KEY, 120)
+    clock.advance(120)
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
+
+
+async def test_an_old_items_ttl_attribute_frees_it_at_that_instant_too(store, clock):
+    boto3.client("dynamodb").put_item(
+        TableName=store.table,
+        Item={
+            "key": {"S": KEY},
+            "state": {"S": "in_progress"},
+            "token": {"S": "old"},
+            TTL_ATTRIBUTE: {"N": "1700000060"},
+        },
+    )
+    clock.now = 1_700_000_060
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
+
+
+@pytest.mark.parametrize(
+    ("failure", "kind"),
+    [
+        (ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "PutItem"), "unavailable"),
+        (ClientError({"Error": {"Code": "ThrottlingException"}}, "PutItem"), "unavailable"),
+        (ClientError({"Error": {"Code": "RequestLimitExceeded"}}, "PutItem"), "unavailable"),
+        (ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem"), "unavailable"),
+        (ReadTimeoutError(endpoint_url="https://dynamodb.eu-central-1.amazonaws.com"), "timeout"),
+        (ConnectTimeoutError(endpoint_url="https://dynamodb.eu-central-1.amazonaws.com"), "timeout"),
+        (EndpointConnectionError(endpoint_url="https://dynamodb.eu-central-1.amazonaws.com"), "unavailable"),
+    ],
+)
+async def test_throttling_and_timeouts_are_failures_a_retry_can_help(store, failure, kind):
+    """What botocore raises once its own retries are spent: the run fails retryable (503/504), and
+    health learns the store is failing; the next answered call clears it."""
+    client = store._boto()
+
+    def fail(**_: object) -> None:
+        raise failure
+
+    if isinstance(failure, ClientError):
+        stub = Stubber(client)
+        stub.add_client_error("put_item", service_error_code=failure.response["Error"]["Code"])
+        stub.activate()
+    else:
+        client.meta.events.register_first("before-send.dynamodb.PutItem", fail)
+    try:
+        with pytest.raises(DependencyError) as raised:
+            await store.claim(KEY, 120)
+    finally:
+        if isinstance(failure, ClientError):
+            stub.deactivate()
+        else:
+            client.meta.events.unregister("before-send.dynamodb.PutItem", fail)
+    assert raised.value.retryable is True and raised.value.kind == kind
+    if isinstance(failure, ClientError):
+        assert failure.response["Error"]["Code"] in str(raised.value)
+    assert store.failing == kind
+    assert (await store.claim(KEY, 120)).state is ClaimState.NEW
+    assert store.failing is None

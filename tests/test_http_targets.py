@@ -87,7 +87,9 @@ async def test_auth_when_a_secret_is_set(stack, configure, client, headers, stat
 async def test_no_secret_means_no_auth(stack, client):
     channel = stack.channel()
     stack.messaging.add_message(channel, "hello")
-    assert (await client.post("/invoke", json=invocation(channel))).status_code == 200
+    response = await client.post("/invoke", json=invocation(channel))
+    assert response.status_code == 200 and response.json()["status"] == "replied"  # answered, not only let in
+    assert [p["text"] for p in stack.messaging.replies_to(channel)] == ["LLM reply to: hello"]
 
 
 async def test_health_body_and_deep_probe(stack, configure, client):

@@ -152,3 +152,26 @@ async def test_two_runners_sharing_the_kv_store_never_double_post(stack, nats_se
             await f.kill()
     texts = sorted(p["text"] for p in stack.messaging.posts)
     assert texts == sorted(f"LLM reply to: q{i}" for i in range(10))  # one reply per message, never two
+
+
+async def test_two_runs_taking_over_one_expired_claim_at_once_cannot_both_win(stores):
+    """Both read the expired record before either writes: only the compare-and-set on the revision
+    they read lets exactly one of them take it over."""
+    first, second = stores
+    await first.claim("agent:sofia/m8", 0.05)
+    await asyncio.sleep(0.1)  # the claim expires (the wait is the behaviour under test)
+    both_read = asyncio.Barrier(2)
+    for store in stores:
+        kv = await store._kv()
+        read = kv.get
+
+        async def get_then_wait(key, *args, _read=read, **kwargs):
+            entry = await _read(key, *args, **kwargs)
+            await asyncio.wait_for(both_read.wait(), 5)
+            return entry
+
+        kv.get = get_then_wait
+
+    claims = await asyncio.gather(first.claim("agent:sofia/m8", 60), second.claim("agent:sofia/m8", 60))
+
+    assert sorted(c.state.value for c in claims) == ["in_progress", "new"]

@@ -14,11 +14,12 @@ import nats
 import pytest
 
 from localstack.embedded import NatsServer
-from runner.bridge import flushed
+from runner.bridge import flushed, judge
+from runner.forward import Answer
 from shared.clients import http as shared_http
 from standins.server import Served
 from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import ScriptedFunction, bridge, eventually
+from tests.runner_support import ScriptedFunction, bridge, eventually, failed
 
 SUBJECT = "router.invoke.agent"
 DLQ = "router.invoke.agent.dlq"
@@ -113,7 +114,7 @@ async def test_two_runners_in_a_queue_group_split_the_load(nats_server, nc):
 @pytest.mark.parametrize("mode", MODES)
 async def test_a_5xx_is_retried_then_succeeds(nats_server, nc, function, mode):
     body = body_for()
-    function.script = {1: (503, {"status": "failed"}, {"Retry-After": "0"})}
+    function.script = {1: (503, failed("llm: HTTP 503"), {"Retry-After": "0"})}
     b = bridge(nats_server.url, function.url, mode=mode)
     await b.start()
     try:
@@ -129,7 +130,7 @@ async def test_a_5xx_is_retried_then_succeeds(nats_server, nc, function, mode):
 @pytest.mark.parametrize("mode", MODES)
 async def test_retries_stop_at_max_deliver_and_dead_letter(nats_server, nc, function, mode):
     body = body_for()
-    function.script = {n: (503, {"error": "messaging: HTTP 503"}, {"Retry-After": "0"}) for n in range(1, 10)}
+    function.script = {n: (503, failed("messaging: HTTP 503"), {"Retry-After": "0"}) for n in range(1, 10)}
     letters = await dead_letters(nc)
     b = bridge(nats_server.url, function.url, mode=mode, max_deliver=3)
     await b.start()
@@ -346,7 +347,7 @@ async def test_a_retried_invocation_keeps_its_place_in_the_channel(nats_server, 
     """A retry waits in place: the channel's next invocation does not overtake it."""
     channel = str(uuid.uuid4())
     first, second = body_for(channel, rewrite_prompt="first"), body_for(channel, rewrite_prompt="second")
-    function.script = {1: (503, {"error": "llm: HTTP 503"}, {"Retry-After": "0.3"})}  # per body: first call of each
+    function.script = {1: (503, failed("llm: HTTP 503"), {"Retry-After": "0.3"})}  # per body: first call of each
     b = bridge(nats_server.url, function.url, mode=mode)
     await b.start()
     try:
@@ -387,3 +388,111 @@ async def test_a_configured_runner_waits_for_its_nats_and_never_starts_its_own(f
             process.kill()
             await process.wait()
     assert not any(b"embedded nats-server" in line for line in seen)
+
+
+# --- what the bridge does with the function's answer -------------------------------------------
+
+OUTCOME_503 = json.dumps(failed("llm: HTTP 503")).encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "attempt", "action", "delay_s"),
+    [
+        (Answer(200, b'{"status": "replied"}', "5"), 1, "ack", 0.0),
+        (Answer(409, b'{"status": "failed"}', "14"), 1, "retry", 14.0),  # the claim's owner may have died
+        (Answer(429, b"", "3"), 2, "retry", 3.0),
+        (Answer(503, OUTCOME_503, "0"), 1, "retry", 0.0),
+        (Answer(503, OUTCOME_503, "600"), 1, "retry", 300.0),  # an announced wait is capped
+        (Answer(503, OUTCOME_503, "Wed, 21 Oct 2015 07:28:00 GMT"), 1, "retry", None),  # a date: our backoff
+        (Answer(503, OUTCOME_503), 3, "retry", None),
+        (Answer(None, error="no answer within 90s"), 1, "retry", None),  # a timeout: the function may be working
+        (Answer(409, b'{"status": "failed"}', "14"), 5, "dead_letter", 0.0),  # the last delivery
+        (Answer(424, b'{"status": "failed", "error": "llm: HTTP 401"}'), 1, "dead_letter", 0.0),
+        (Answer(422, b'{"detail": "payload.channel_id"}'), 1, "dead_letter", 0.0),
+    ],
+)
+def test_the_bridge_honours_the_functions_verdict_and_its_retry_after(answer, attempt, action, delay_s):
+    verdict = judge(answer, attempt=attempt, max_deliver=5)
+
+    assert verdict.action == action
+    if delay_s is None:  # our backoff: full jitter under a cap that grows with the attempt
+        assert not verdict.announced and 0 <= verdict.delay_s <= 0.5 * 2 ** (attempt - 1)
+    else:
+        assert verdict.delay_s == delay_s and verdict.announced is (action == "retry")
+
+
+def test_a_dead_letters_reason_is_the_functions_error():
+    answer = Answer(424, b'{"status": "failed", "error": "llm: HTTP 401: check the configured secret"}')
+    assert judge(answer, attempt=1, max_deliver=5).reason == "HTTP 424: llm: HTTP 401: check the configured secret"
+
+
+async def test_a_stop_during_a_retry_wait_gives_the_message_back_at_once(nats_server, nc, function, logs):
+    """The announced wait outlasts the drain timeout: stop() must not wait it out, and JetStream gets
+    the message back (nak'd with the rest of the wait) for the next runner."""
+    body = body_for()
+    function.script = {1: (503, failed("llm: HTTP 503"), {"Retry-After": "3"})}
+    first = bridge(nats_server.url, function.url, mode="jetstream", drain_timeout_s=2)
+    await first.start()
+    try:
+        await publish(nc, body, "jetstream")
+        await eventually(lambda: any(r.msg == "retrying invocation" for r in logs.records), what="the retry wait")
+    finally:
+        assert await first.stop()  # finished: nothing left running at the drain timeout
+    [waiting] = [r for r in logs.records if r.msg == "retrying invocation"]
+    assert waiting.fields["delay_s"] == 3.0  # the function's Retry-After, not our backoff
+    assert function.calls_for(body) == 1  # not retried on the way out
+    second = bridge(nats_server.url, function.url, mode="jetstream")
+    await second.start()
+    try:
+        await eventually(lambda: function.calls_for(body) == 2, what="the redelivery to the next runner")
+    finally:
+        await second.stop()
+
+
+async def test_a_message_that_crashes_its_runner_every_time_is_dead_lettered(nats_server, nc, function):
+    """Runners that die holding a message never settle it: JetStream counts the deliveries, and the
+    bridge acts on that count, not on its own, or the message would go round for ever."""
+    body = body_for()
+    letters = await dead_letters(nc)
+    setup = bridge(nats_server.url, function.url, mode="jetstream", max_deliver=3)
+    await setup.start()  # the stream and the durable consumer
+    await setup.stop()
+    await publish(nc, body, "jetstream")
+    crashed = await nc.jetstream().pull_subscribe(SUBJECT, durable="agent-runtime", stream="AGENT_INVOCATIONS")
+    for _ in range(3):  # three runners took it and died (a nak stands in for their ack wait running out)
+        [msg] = await crashed.fetch(1, timeout=5)
+        await msg.nak()
+    b = bridge(nats_server.url, function.url, mode="jetstream", max_deliver=3)
+    await b.start()
+    try:
+        await eventually(lambda: len(letters) == 1, what="the dead letter")
+    finally:
+        await b.stop()
+    assert function.calls == []  # the fourth delivery is past max_deliver: not tried again
+    assert letters[0].headers["Agent-Runtime-Reason"] == "attempts exhausted"
+    assert letters[0].headers["Agent-Runtime-Attempts"] == "3"
+
+
+async def test_a_dead_letter_that_cannot_be_stored_is_not_lost(nats_server, nc, function, logs):
+    """The dead-letter stream is gone (deleted, out of space): the message is nak'd, not acknowledged,
+    and dead-lettered once the stream takes it again."""
+    body = body_for()
+    function.script = {n: (424, failed("llm: HTTP 401", retryable=False), {}) for n in range(1, 5)}
+    b = bridge(nats_server.url, function.url, mode="jetstream")
+    await b.start()
+    js = nc.jetstream()
+    try:
+        await js.delete_stream("AGENT_INVOCATIONS_DLQ")
+        await publish(nc, body, "jetstream")
+        await eventually(lambda: "dead-letter publish failed" in logs.text, what="the failed dead letter")
+        await js.add_stream(name="AGENT_INVOCATIONS_DLQ", subjects=[DLQ])
+        await eventually(lambda: function.calls_for(body) == 2, what="the redelivery")
+
+        async def stored() -> bool:
+            return (await js.stream_info("AGENT_INVOCATIONS_DLQ")).state.messages == 1
+
+        await eventually(stored, what="the dead letter stored")
+    finally:
+        await b.stop()
+    info = await js.consumer_info("AGENT_INVOCATIONS", "agent-runtime")
+    assert info.num_ack_pending == 0 and info.num_pending == 0

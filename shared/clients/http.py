@@ -1,20 +1,16 @@
-"""One pooled HTTP session per event loop, and the call every dependency client makes.
-
-aiohttp sits under the hot path because it measured fastest here (bench/http_clients.py:
-≈6,700 req/s against ≈2,300 for httpx over httpx-aiohttp and ≈370 for httpx's own transport).
-Its import is deferred to the first call, so a function's cold start does not pay for it.
-"""
+"""The call every dependency client makes: one ``Endpoint`` per service, with its auth, timeout and
+retries, over the transports of transport.py (errors mapped to ``DependencyError`` here, once)."""
 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from shared.clients import transport
 from shared.contracts import FailureKind
 from shared.errors import DependencyError
 from shared.infra import backoff, jsoncodec
@@ -25,42 +21,16 @@ if TYPE_CHECKING:
     from tenacity import RetryCallState
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
-
-
-_last: tuple[asyncio.AbstractEventLoop | None, aiohttp.ClientSession | None] = (None, None)
 
 
 def session() -> aiohttp.ClientSession:
-    """The running loop's pooled session, created on first use."""
-    global _last
-    loop = asyncio.get_running_loop()
-    last_loop, current = _last
-    if last_loop is loop and current is not None and not current.closed:
-        return current  # the usual case: no weak-reference lookup (20 k instructions an invocation)
-    current = _sessions.get(loop)
-    if current is None or current.closed:
-        import aiohttp
-
-        # No connection limit: what bounds concurrency is the caller (the bridge's --max-in-flight,
-        # the platform's requests per instance), not a second, hidden cap here. One per host (128
-        # before) held 256 invocations in flight on a slow LLM to 128 at a time.
-        current = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=True,
-        )
-        _sessions[loop] = current
-    _last = (loop, current)
-    return current
+    """The running loop's pooled aiohttp session, for callers that speak aiohttp (the bridge, say)."""
+    return transport.aiohttp_session()
 
 
 async def aclose() -> None:
-    """Close the running loop's session (tests, shutdown)."""
-    global _last
-    current = _sessions.pop(asyncio.get_running_loop(), None)
-    _last = (None, None)
-    if current is not None:
-        await current.close()
+    """Close the running loop's connections (tests, shutdown)."""
+    await transport.aclose()
 
 
 def _status_error(dependency: str, status: int, retry_after: str | None) -> DependencyError:
@@ -160,43 +130,27 @@ class Endpoint:
     async def _once(
         self, method: str, path: str, deadline: Deadline, json_body: Any, params: dict[str, str] | None
     ) -> Any:
-        import aiohttp
-
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
             raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
-        # errors="ignore": a lone surrogate is dropped (as yarl did), not a crash
+        # errors="ignore": a lone surrogate is dropped, not a crash
         url = self._base + path + ("?" + urlencode(params, errors="ignore") if params else "")
+        body = None if json_body is None else jsoncodec.dumps(json_body)
+        headers = self._headers if json_body is None else self._json_headers
         try:
-            async with session().request(
-                method,
-                url,
-                data=None if json_body is None else jsoncodec.dumps(json_body),
-                headers=self._headers if json_body is None else self._json_headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as response:
-                body = await _read_capped(self.name, response)
-                if response.status >= 400:
-                    raise _status_error(self.name, response.status, response.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError as exc:
-            raise DependencyError(
-                self.name,
-                "unavailable",
-                f"cannot connect ({exc.os_error.strerror or 'refused'})",
-                retryable=True,
-                sent=False,
-            ) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise DependencyError(self.name, "timeout", f"no answer within {timeout:.1f}s", retryable=True) from None
-        except aiohttp.ClientError as exc:
-            raise DependencyError(
-                self.name, "unavailable", f"connection failed: {type(exc).__name__}", retryable=True
-            ) from None
-        if not body:
+            reply = await transport.for_url(url).send(method, url, headers, body, timeout, MAX_RESPONSE_BYTES)
+        except transport.TooLarge:
+            raise DependencyError(self.name, "bad_response", "answer too large", retryable=False) from None
+        except transport.Timeout as exc:
+            raise DependencyError(self.name, "timeout", str(exc), retryable=True) from None
+        except transport.TransportError as exc:
+            raise DependencyError(self.name, "unavailable", str(exc), retryable=True, sent=exc.sent) from None
+        if reply.status >= 400:
+            raise _status_error(self.name, reply.status, reply.retry_after)
+        if not reply.body:
             return None
         try:
-            return jsoncodec.loads(body)
+            return jsoncodec.loads(reply.body)
         except ValueError:
             raise DependencyError(self.name, "bad_response", "answer is not JSON", retryable=True) from None
 
@@ -213,18 +167,3 @@ class Endpoint:
                 result["status"] = exc.status
         result["ms"] = round((loop.time() - started) * 1000, 1)
         return result
-
-
-async def _read_capped(name: str, response: aiohttp.ClientResponse) -> bytes:
-    declared = response.content_length
-    if declared is not None:  # the usual case: one read of a size known to be within the cap
-        if declared > MAX_RESPONSE_BYTES:
-            raise DependencyError(name, "bad_response", "answer too large", retryable=False)
-        return await response.read()
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise DependencyError(name, "bad_response", "answer too large", retryable=False)
-        chunks.append(chunk)
-    return b"".join(chunks)

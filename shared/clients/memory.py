@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,10 +12,30 @@ from shared.contracts import MemoryItem
 from shared.errors import DependencyError
 from shared.infra.deadline import Deadline
 
+log = logging.getLogger("agent_runtime.memory")
+_warned = False
+
 
 class MemoryClient:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
+
+    @property
+    def secret_missing(self) -> str | None:
+        """Why every call will be refused, when it will: memory-orchestrator always wants a secret
+        (its own default is dev-secret-token), and answers 401 without one."""
+        if self.endpoint.base_url and not self.endpoint.secret:
+            return "no secret configured (MEMORY_ORCHESTRATOR_SECRET)"
+        return None
+
+    def warn_without_secret(self) -> None:
+        """Say at start, once per process, that memory will be refused: the runs only note it."""
+        global _warned
+        if not _warned and (missing := self.secret_missing):
+            _warned = True
+            log.warning(
+                f"{missing}: memory-orchestrator answers 401 to every call without one; runs go on without memory"
+            )
 
     async def query(
         self, *, agent_id: str, microdao_id: str, channel_id: str, query: str, k: int, deadline: Deadline

@@ -17,10 +17,12 @@ _HISTORY = TypeAdapter(list[ChannelMessage])
 
 
 class MessagingClient:
-    def __init__(self, endpoint: Endpoint, *, post_style: str = "body", history_limit: int = 50) -> None:
+    def __init__(self, endpoint: Endpoint, *, post_style: str = "auto", history_limit: int = 50) -> None:
         self.endpoint = endpoint
         self.post_style = post_style
         self.history_limit = history_limit
+        # the form a post is sent in; ``auto`` starts with the deployed service's and keeps what worked
+        self.form = "query" if post_style == "auto" else post_style
 
     async def history(self, channel_id: str, deadline: Deadline) -> list[ChannelMessage]:
         """Recent messages, oldest first, whatever order the service answers in."""
@@ -45,14 +47,32 @@ class MessagingClient:
 
     async def post(self, agent_id: str, channel_id: str, text: str, deadline: Deadline) -> str:
         """Post a reply and return its message id. Not idempotent: never retried once sent."""
+        try:
+            return await self._post(self.form, agent_id, channel_id, text, deadline)
+        except DependencyError as exc:
+            if self.post_style != "auto" or exc.status != 422:
+                raise
+        # auto: a 422 is the request refused before anything was posted; the seed's service and the
+        # deployed one each refuse the other's form so, and the other form is tried once
+        other = "body" if self.form == "query" else "query"
+        message_id = await self._post(other, agent_id, channel_id, text, deadline)
+        log.info(
+            "messaging-service takes the post in the other form: sending it so from now on",
+            extra={"fields": {"post_style": other}},
+        )
+        self.form = other
+        return message_id
+
+    async def _post(self, form: str, agent_id: str, channel_id: str, text: str, deadline: Deadline) -> str:
+        """One post in ``form``: a JSON body, or query parameters."""
         fields = {"channel_id": channel_id, "text": text}
         try:
             data = await self.endpoint.call(
                 "POST",
                 f"/internal/agents/{quote(agent_id, safe=':')}/post-to-channel",
                 deadline,
-                json_body=fields if self.post_style == "body" else None,
-                params=fields if self.post_style == "query" else None,
+                json_body=fields if form == "body" else None,
+                params=fields if form == "query" else None,
                 retry=False,
             )
         except DependencyError as exc:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from shared.errors import DependencyError
 from shared.idempotency.base import Claim, ClaimState, new_token
 from shared.infra import jsoncodec
+from shared.infra.jetstream import ensure_replicas
+from shared.infra.nats_connect import NatsRefused, connect, connect_options
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -27,10 +29,14 @@ if TYPE_CHECKING:
 
 
 class NatsKvStore:
-    def __init__(self, servers: list[str], bucket: str, max_age_s: float) -> None:
+    def __init__(
+        self, servers: list[str], bucket: str, max_age_s: float, replicas: int = 1, auth: dict[str, Any] | None = None
+    ) -> None:
         self.servers = servers
+        self.auth = auth or {}  # credentials and TLS: nats_connect.connect_options
         self.bucket = bucket
         self.max_age_s = max_age_s
+        self.replicas = replicas  # copies of the bucket in a NATS cluster
         # one connection per event loop, made by the first caller on that loop
         self._conns: dict[asyncio.AbstractEventLoop, asyncio.Task[tuple[Client, KeyValue]]] = {}
         # the claims this process owns: (key name, token) -> (revision, record) of its last write.
@@ -41,7 +47,14 @@ class NatsKvStore:
 
     @classmethod
     def from_settings(cls, s: Settings) -> NatsKvStore:
-        return cls(s.nats.url.split(","), s.idempotency.nats_bucket, s.runtime.idempotency_complete_ttl_s)
+        i = s.idempotency
+        return cls(
+            s.nats.url.split(","),
+            i.nats_bucket,
+            s.runtime.idempotency_complete_ttl_s,
+            i.nats_replicas,
+            connect_options(s.nats),
+        )
 
     @property
     def nats_connected(self) -> bool:
@@ -170,21 +183,30 @@ class NatsKvStore:
             raise
 
     async def _connect(self) -> tuple[Client, KeyValue]:
-        import nats
         from nats.js.errors import BucketNotFoundError
 
-        nc = await asyncio.wait_for(  # bounded: an invocation must not wait forever for NATS
-            nats.connect(
-                servers=self.servers, max_reconnect_attempts=-1, connect_timeout=2, name="agent-runtime-idempotency"
-            ),
-            timeout=5,
-        )
+        try:
+            nc = await asyncio.wait_for(  # bounded: an invocation must not wait forever for NATS
+                connect(
+                    self.servers,
+                    self.auth,
+                    max_reconnect_attempts=-1,
+                    connect_timeout=2,
+                    name="agent-runtime-idempotency",
+                ),
+                timeout=5,
+            )
+        except NatsRefused as exc:  # wrong credentials or TLS: no retry helps, and none should hide it
+            self.failing = "unauthorized"
+            raise DependencyError("idempotency", "unauthorized", f"NATS KV: {exc}", retryable=False) from None
         js = nc.jetstream()
         try:
             kv = await js.key_value(self.bucket)
         except BucketNotFoundError:
             # history 1: only the current record matters; ttl: records never outlive max_age_s
-            kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s)
+            kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s, replicas=self.replicas)
+        else:
+            await ensure_replicas(js, (await js.stream_info(f"KV_{self.bucket}")).config, self.replicas)
         return nc, kv
 
 

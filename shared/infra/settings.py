@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -44,7 +44,8 @@ class ServiceSettings(_Section):
 class MessagingSettings(ServiceSettings):
     url: str = Field("http://messaging-service:7004", min_length=1)  # required: replies go there
     history_limit: int = Field(50, ge=1, le=200)
-    post_style: Literal["body", "query"] = "body"  # seed form | deployed form
+    # auto: the deployed form first, the other once on a 422 (nothing was posted), then whichever worked
+    post_style: Literal["auto", "body", "query"] = "auto"  # body: the seed's form | query: the deployed service's
 
 
 class MemorySettings(ServiceSettings):
@@ -131,6 +132,15 @@ class ToolsSettings(ServiceSettings):
 class NatsSettings(_Section):
     url: str = Field("nats://nats:4222", min_length=1, description="NATS server(s), comma-separated")
     invocation_subject: str = Field("router.invoke.agent", min_length=1, description="where the router publishes")
+    # Credentials and TLS as deployed (shared/infra/nats_connect.py); a URL may carry user:password@ or token@ too.
+    user: str | None = Field(None, description="user name, with password")
+    password: SecretStr | None = Field(None, description="the user's password")
+    token: SecretStr | None = Field(None, description="an authentication token")
+    creds_file: str | None = Field(None, description="a .creds file: the user's JWT and NKey seed (decentralised auth)")
+    nkey_seed_file: str | None = Field(None, description="a file holding the user's NKey seed")
+    tls_ca_file: str | None = Field(None, description="CA certificate(s) the server's certificate must chain to")
+    tls_cert_file: str | None = Field(None, description="client certificate, when the server verifies clients")
+    tls_key_file: str | None = Field(None, description="the client certificate's private key")
 
 
 class RuntimeSettings(_Section):
@@ -158,6 +168,7 @@ class IdempotencySettings(_Section):
 
     backend: str = "memory"  # a name in shared/idempotency BACKENDS: memory, nats, dynamodb
     nats_bucket: str = "agent_runtime_idempotency"
+    nats_replicas: int = Field(1, ge=1, le=5)  # copies of the bucket in a NATS cluster: 3 there
     dynamodb_table: str = "agent-runtime-idempotency"
 
 
@@ -173,6 +184,9 @@ class RunnerSettings(_Section):
     )
     function_port: int = Field(7006, ge=1, le=65535, description="where agent_runtime is served in this process")
     port: int = Field(9106, ge=0, le=65535, description="the runner's own /health and /metrics")
+    host: str = Field(
+        "127.0.0.1", description="the address function_port and port listen on; 0.0.0.0 in a container, to publish them"
+    )
     max_in_flight: int = Field(64, ge=1, le=10000, description="calls of the function at once")
     max_deliver: int = Field(5, ge=1, description="attempts per invocation before it is dead-lettered")
     request_timeout_s: float = Field(90.0, gt=0, description="one call of the function")
@@ -180,6 +194,9 @@ class RunnerSettings(_Section):
     drain_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, how long invocations in flight may finish")
     stream: str = Field("AGENT_INVOCATIONS", description="jetstream: the stream capturing the subject")
     durable: str = Field("agent-runtime", description="jetstream: the durable consumer runners share")
+    stream_replicas: int = Field(
+        1, ge=1, le=5, description="jetstream: copies of the stream and its dead letters (3 in a NATS cluster)"
+    )
     dlq_subject: str | None = Field(None, description="where dead letters go; none: <subject>.dlq")
 
 
@@ -215,6 +232,14 @@ class Settings(BaseSettings):
 # The seed's and contracts.md's variable names, each mapped to its key.
 ENV_ALIASES: dict[str, tuple[str, str]] = {
     "NATS_URL": ("nats", "url"),
+    "NATS_USER": ("nats", "user"),  # NATS_* as the nats CLI reads them
+    "NATS_PASSWORD": ("nats", "password"),
+    "NATS_TOKEN": ("nats", "token"),
+    "NATS_CREDS": ("nats", "creds_file"),
+    "NATS_NKEY": ("nats", "nkey_seed_file"),
+    "NATS_CA": ("nats", "tls_ca_file"),
+    "NATS_CERT": ("nats", "tls_cert_file"),
+    "NATS_KEY": ("nats", "tls_key_file"),
     "MESSAGING_SERVICE_URL": ("messaging", "url"),
     "MESSAGING_SERVICE_SECRET": ("messaging", "secret"),
     "AGENT_MEMORY_URL": ("memory", "url"),
@@ -311,6 +336,42 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def secret_variables() -> set[str]:
+    """The variables holding a secret: ``AGENT_RUNTIME__<SECTION>__<KEY>`` of each SecretStr key, and its seed name."""
+    keys = set()
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for key, inner in model.model_fields.items():
+                if inner.annotation is SecretStr or SecretStr in get_args(inner.annotation):
+                    keys.add((section, key))
+    prefixed = {f"{ENV_PREFIX}{section}__{key}".upper() for section, key in keys}
+    return prefixed | {name for name, where in ENV_ALIASES.items() if where in keys}
+
+
+def read_secret_files(environ: dict[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` with each secret's ``<NAME>_FILE`` read into ``<NAME>`` unless that is set.
+
+    Docker and Kubernetes hand secrets over as files. The trailing newline an editor leaves is
+    dropped; a file that cannot be read is an error naming the variable, never a value.
+    """
+    secrets = secret_variables()
+    given = {name.upper() for name in environ}
+    resolved = dict(environ)
+    for variable, path in environ.items():
+        name = variable[: -len("_FILE")]
+        if not variable.upper().endswith("_FILE") or name.upper() not in secrets:
+            continue
+        del resolved[variable]  # AGENT_RUNTIME__<SECTION>__<KEY>_FILE is no setting of its own
+        if not path or name.upper() in given:
+            continue
+        try:
+            resolved[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return resolved
+
+
 def load(environ: Mapping[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
     """Build settings from the config file and the environment (both optional)."""
     environ = dict(os.environ if environ is None else environ)
@@ -318,6 +379,7 @@ def load(environ: Mapping[str, str] | None = None, config_path: str | os.PathLik
         from shared.infra.secrets import resolve_arns  # boto3 only where secrets live in Secrets Manager
 
         environ = resolve_arns(environ)
+    environ = read_secret_files(environ)
     named = config_path or environ.get(CONFIG_ENV)
     path = Path(named or DEFAULT_CONFIG)
     if named and not path.is_file():

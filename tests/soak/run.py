@@ -2,13 +2,15 @@
 
     python -m tests.soak                      # 1,000 invocations, 200 channels, ~50/s, with chaos
     python -m tests.soak --invocations 200 --channels 40 --rate 40
+    python -m tests.soak --function-outage 120   # function-0 stays down two minutes before its restart
 
 JetStream mode. Two runners (``local_runner.py`` processes) share one durable consumer and the
 NATS key-value idempotency bucket; each forwards to its own functions process
 (``functions-framework --target agent_runtime``). Stand-ins for messaging, memory and the LLM run
 in this process on loopback. The invocations are published at a steady rate, each confirmed by
-the stream. While they flow: kill -9 one functions process and restart it, kill -9 one runner and
-restart it, kill -9 the nats-server and restart it on the same storage.
+the stream. While they flow: kill -9 one functions process and restart it (at once, or after
+``--function-outage`` seconds: its runner holds what it took meanwhile, the other takes the rest),
+kill -9 one runner and restart it, kill -9 the nats-server and restart it on the same storage.
 
 At the end it counts, per triggering message, the replies posted, and checks: every invocation
 answered, none answered twice, nothing pending on the consumer, the dead-letter stream empty.
@@ -176,6 +178,7 @@ async def soak(
     rate: float = 50.0,
     *,
     chaos: bool = True,
+    function_outage_s: float = 0.0,
     llm_delay_s: float = 0.2,
     settle_timeout_s: float = 120.0,
     workdir: str | None = None,
@@ -266,6 +269,7 @@ async def soak(
                     await asyncio.sleep(0.2)
 
         events = {}
+        restarts: list[asyncio.Task[None]] = []
         if chaos:
             events = {
                 int(invocations * 0.2): "function",
@@ -280,8 +284,18 @@ async def soak(
                 summary.in_flight_at_crash.append(n - len(messaging.posts))
                 if what == "function":
                     await functions[0].kill()
-                    await start_function(0)
-                    summary.chaos.append(f"kill -9 function-0 at {n}, restarted")
+                    if function_outage_s:  # down that long while the invocations keep coming
+
+                        async def restart_later() -> None:
+                            await asyncio.sleep(function_outage_s)
+                            await start_function(0)
+                            _progress("function-0 restarted")
+
+                        restarts.append(asyncio.create_task(restart_later()))
+                        summary.chaos.append(f"kill -9 function-0 at {n}, restarted {function_outage_s:g} s later")
+                    else:
+                        await start_function(0)
+                        summary.chaos.append(f"kill -9 function-0 at {n}, restarted")
                 elif what == "runner":
                     await runners[1].kill()
                     await runners[1].start(ready="agent-runtime runner:")
@@ -320,6 +334,8 @@ async def soak(
         async def settled() -> bool:
             return len(replies()) >= invocations and await consumer_pending() == 0
 
+        for restart in restarts:
+            await restart
         _progress(f"published {summary.published}; waiting for the replies")
         try:
             await _until(settled, settle_timeout_s, "every reply and an empty consumer", step_s=0.25)
@@ -355,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=200)
     parser.add_argument("--rate", type=float, default=50.0, help="invocations published per second")
     parser.add_argument("--no-chaos", action="store_true")
+    parser.add_argument(
+        "--function-outage", type=float, default=0.0, help="seconds the killed function stays down (0: at once)"
+    )
     parser.add_argument("--llm-delay", type=float, default=0.2, help="seconds each LLM call takes")
     parser.add_argument("--settle-timeout", type=float, default=120.0)
     parser.add_argument("--workdir", help="keep the processes' logs and the nats store here")
@@ -365,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             args.channels,
             args.rate,
             chaos=not args.no_chaos,
+            function_outage_s=args.function_outage,
             llm_delay_s=args.llm_delay,
             settle_timeout_s=args.settle_timeout,
             workdir=args.workdir,
