@@ -191,9 +191,15 @@ def main(argv: list[str]) -> int:
                 timeout_s=a.timeout,
             )
         )
-    if argv[:1] == ["local"]:
-        return run_loop(run(with_options(s, run_parser(s, local=True), argv[1:]), local=True))
-    return run_loop(run(with_options(s, run_parser(s), argv), local=False))
+    from shared.infra.nats_connect import NatsRefused
+
+    try:
+        if argv[:1] == ["local"]:
+            return run_loop(run(with_options(s, run_parser(s, local=True), argv[1:]), local=True))
+        return run_loop(run(with_options(s, run_parser(s), argv), local=False))
+    except NatsRefused as exc:  # logged where it happened; no retry helps, and no traceback says more
+        print(f"local_runner.py: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def base_image() -> str:
     """The base image container-setup prints, after installing podman when needed (idempotent)."""
     if not SETUP.is_file():
         pytest.skip(f"podman cannot be installed: {SETUP} (from the shared tools beside the clone) is missing")
-    done = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
     if shutil.which("podman") is None:
         pytest.skip(f"podman cannot be installed here: {SETUP} exited {done.returncode}: {done.stderr[-500:]}")
     assert done.returncode == 0, done.stderr

@@ -303,6 +303,10 @@ async def case(name: str, tmp_path: Path, pki: Pki, configured: Callable[[str], 
         if name == "tls-without-client-certificate":  # refused by the server: it verifies clients
             return good, {"url": good["url"], "tls_ca_file": str(pki.ca)}
         return good, {**good, "tls_ca_file": str(pki.other_ca)}  # refused here: the server's certificate is untrusted
+    if name == "tls-not-offered":  # refused here: nats-py would carry on unencrypted
+        server = await configured(USERS)
+        good = {"url": server.url(), "user": "runtime", "password": PASSWORD}
+        return good, {**good, "url": server.url("tls"), "tls_ca_file": str(pki.ca)}
     if name == "tls-and-password":
         server = await configured(tls_config(pki).replace("verify: true", "verify: false") + USERS)
         good = {"url": server.url("tls"), "tls_ca_file": str(pki.ca), "user": "runtime", "password": PASSWORD}
@@ -320,7 +324,7 @@ CASES = [
     "tls-client-certificate",
     "tls-and-password",
 ]
-REFUSALS = [*CASES, "tls-without-client-certificate"]
+REFUSALS = [*CASES, "tls-without-client-certificate", "tls-not-offered"]
 
 
 def with_nats(**nats: Any) -> Settings:

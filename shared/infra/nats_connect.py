@@ -8,7 +8,9 @@ file (JWT and NKey seed), an NKey seed file, TLS with a private CA and a client 
 nats-py retries a refused first connection as patiently as an unreachable server, so a wrong
 password would look like a NATS outage forever. ``connect`` stops at a refusal of the
 credentials or of the TLS handshake with ``NatsRefused``, whose message says which settings to
-check; it never holds a secret. An unreachable server is still waited for.
+check; it never holds a secret. An unreachable server is still waited for. And where TLS is
+asked for (a ``tls://`` URL, a TLS setting) but the server offers none, nats-py would carry on
+unencrypted: ``connect`` refuses that connection too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from shared.infra.observability import redact_url
 
@@ -113,6 +116,8 @@ async def connect(
 
     nc = Client()
     connected = refused = False
+    where = ", ".join(redact_url(s) for s in servers)
+    wants_tls = "tls" in auth or any(urlsplit(s.strip()).scheme == "tls" for s in servers)
 
     async def on_error(exc: Exception) -> None:
         nonlocal refused
@@ -121,7 +126,7 @@ async def connect(
         why = None if connected else refusal(exc)
         if why:  # raised inside nats-py's connect loop, it ends the loop
             refused = True
-            raise NatsRefused(f"NATS at {', '.join(redact_url(s) for s in servers)}: {why}")
+            raise NatsRefused(f"NATS at {where}: {why}")
         if error_cb is not None:
             await error_cb(exc)
         else:
@@ -145,7 +150,16 @@ async def connect(
             await asyncio.wait_for(nc.close(), 1)
         raise
     connected = True
+    if wants_tls and not _encrypted(nc):
+        await nc.close()
+        raise NatsRefused(f"NATS at {where}: it offers no TLS, asked for: check nats.url, nats.tls_* and the server")
     return nc
+
+
+def _encrypted(nc: Client) -> bool:
+    """Whether the connection runs over TLS (nats-py keeps its transport to itself)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
 
 
 def _readable(path: str, setting: str) -> str:
