@@ -54,6 +54,11 @@ class TooLarge(TransportError):
 # --- plain HTTP/1.1 ------------------------------------------------------------------------------
 
 
+MAX_HEADER_BYTES = 64 * 1024
+IDLE_S = 4.0  # a pooled connection idle longer is closed, not reused: servers close theirs after a few seconds
+MAX_IDLE_PER_HOST = 32
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: a request at a time, its response parsed as it arrives."""
 
@@ -61,14 +66,21 @@ class _Connection(asyncio.Protocol):
         import httptools
 
         self._parser = httptools.HttpResponseParser(self)
-        self._error: TransportError | None = None  # what a callback found wrong
         self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[Reply] | None = None
-        self._body: list[bytes] = []
-        self._size = 0
-        self._max_bytes = 0
-        self._retry_after: str | None = None
+        self.written = False  # the current request reached the socket
+        self.idle_since = 0.0
         self.reusable = False
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._reset(0)
+
+    def _reset(self, max_bytes: int) -> None:
+        self._error: TransportError | None = None  # what a callback found wrong
+        self._body: list[bytes] = []
+        self._size = self._header_bytes = 0
+        self._max_bytes = max_bytes
+        self._retry_after: str | None = None
+        self._delimited = False  # Content-Length or chunked: else the body ends when the server closes
+        self._headers_done = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,16 +100,37 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
+        if self._headers_done and not self._delimited:  # a body that ends with the connection: complete
+            self._answer()
         self._fail(Disconnected("the server closed the connection"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._waiter is not None and self._waiter.done():  # bytes after the answer: never reuse this one
+            self._error = Disconnected("the server sent more than one answer")
+            raise self._error
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._error = TooLarge("answer's headers too large")
+            raise self._error
         lowered = name.lower()
         if lowered == b"retry-after":
             self._retry_after = value.decode("latin-1")
-        elif lowered == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
-            self._error = TooLarge("answer too large")
-            raise self._error
+        elif lowered == b"content-length":
+            self._delimited = True
+            if value.isdigit() and int(value) > self._max_bytes:
+                self._error = TooLarge("answer too large")
+                raise self._error
+        elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+            self._delimited = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status in (204, 304):
+            self._delimited = True  # no body, whatever the headers say
+        self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -107,7 +140,13 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:  # an interim answer (100, 103): the real one follows
+            self._reset(self._max_bytes)
+            return
         self.reusable = self._parser.should_keep_alive()
+        self._answer()
+
+    def _answer(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(Reply(self._parser.get_status_code(), self._retry_after, b"".join(self._body)))
 
@@ -115,9 +154,10 @@ class _Connection(asyncio.Protocol):
     def request(self, head: bytes, body: bytes | None, max_bytes: int) -> asyncio.Future[Reply]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._body, self._size, self._max_bytes, self._retry_after, self._error = [], 0, max_bytes, None, None
+        self._reset(max_bytes)
         self.reusable = False
         self.transport.write(head + body if body else head)
+        self.written = True
         return self._waiter
 
     def _fail(self, exc: TransportError) -> None:
@@ -132,7 +172,8 @@ class _Connection(asyncio.Protocol):
 
 
 class PlainHttp:
-    """Pooled keep-alive connections per host; no limit on their number (the caller bounds concurrency)."""
+    """Pooled keep-alive connections per host, each idle at most ``IDLE_S``; no limit on connections in
+    use (the caller bounds concurrency), at most ``MAX_IDLE_PER_HOST`` kept idle."""
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
@@ -141,19 +182,12 @@ class PlainHttp:
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout_s: float, max_bytes: int
     ) -> Reply:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port or 80
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body or b'')}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        host, port, head = _request_head(method, url, headers, body)
         loop = asyncio.get_running_loop()
         connection: _Connection | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                connection = self._take(host, port)
+                connection = self._take(host, port, loop.time())
                 if connection is None:
                     try:
                         _, connection = await loop.create_connection(_Connection, host, port)
@@ -161,25 +195,31 @@ class PlainHttp:
                         raise ConnectFailed(f"cannot connect ({exc.strerror or 'refused'})") from None
                 reply = await connection.request(head, body, max_bytes)
         except TimeoutError:
-            if connection is not None:
-                connection._close()
+            if connection is None or not connection.written:
+                raise ConnectFailed(f"could not connect within {timeout_s:.1f}s") from None
+            connection._close()
             raise Timeout(f"no answer within {timeout_s:.1f}s") from None
         except BaseException:  # cancelled, or failed: a connection with a request in the air is not reused
             if connection is not None:
                 connection._close()
             raise
-        if connection.reusable and not self._closed:
-            self._idle.setdefault((host, port), deque()).append(connection)
+        idle = self._idle.setdefault((host, port), deque())
+        if connection.reusable and not self._closed and len(idle) < MAX_IDLE_PER_HOST:
+            connection.written, connection.idle_since = False, loop.time()
+            idle.append(connection)
         else:
             connection._close()
         return reply
 
-    def _take(self, host: str, port: int) -> _Connection | None:
+    def _take(self, host: str, port: int, now: float) -> _Connection | None:
         idle = self._idle.get((host, port))
         while idle:
             connection = idle.pop()  # the most recent: the least likely to have been closed by the server
-            if connection.reusable and connection.transport is not None and not connection.transport.is_closing():
+            fresh = now - connection.idle_since < IDLE_S
+            transport = connection.transport
+            if fresh and connection.reusable and transport is not None and not transport.is_closing():
                 return connection
+            connection._close()
         return None
 
     async def aclose(self) -> None:
@@ -188,6 +228,29 @@ class PlainHttp:
             for connection in idle:
                 connection._close()
         self._idle.clear()
+
+
+def _request_head(method: str, url: str, headers: dict[str, str], body: bytes | None) -> tuple[str, int, bytes]:
+    """Where to connect, and the request's head; what cannot be sent safely is refused, never sent."""
+    if method == "HEAD":
+        raise ConnectFailed("HEAD is not supported")  # its answer has no body: the parser would wait for one
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConnectFailed("a service URL carries no user:password (its secret setting does)")
+    host, port = parts.hostname or "", parts.port or 80
+    authority = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {authority}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+        raise ConnectFailed("a header value holds a line break")  # a configured secret, say: never sent
+    try:
+        return host, port, (text + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConnectFailed("a header value is not latin-1") from None
 
 
 # --- HTTPS, through aiohttp ----------------------------------------------------------------------
@@ -259,7 +322,9 @@ def for_url(url: str) -> PlainHttp | AioHttp:
         mine = _transports[loop] = {}
         for gone in [other for other in _transports if other.is_closed()]:
             del _transports[gone]
-    scheme = "https" if url.startswith("https:") else "http"
+    scheme = url[: url.find(":")].lower()
+    if scheme not in ("http", "https"):
+        raise ConnectFailed(f"not an http(s) URL: {scheme or url[:20]}")
     transport = mine.get(scheme)
     if transport is None:
         transport = mine[scheme] = AioHttp() if scheme == "https" else PlainHttp()
