@@ -39,7 +39,7 @@ _FIELDS = {
     "tools": ("tools", "tools_enabled", "default_tools"),
     "active": ("active", "is_active"),
 }
-_OWN_FIELDS = ("name", "language", "temperature", "max_tokens", "memory", "variants", "capabilities")
+_OWN_FIELDS = ("name", "language", "gender", "temperature", "max_tokens", "memory", "variants", "capabilities")
 
 
 def display_name(agent_id: str) -> str:
@@ -119,7 +119,8 @@ class BlueprintChain:
             )
         else:
             loaded = Loaded(self._build(agent_id, {}), "default", known=False)
-        return loaded if notes else self._keep(agent_id, loaded, now)
+        # an agent created in agents-service after a first unknown invocation is answered at once
+        return loaded if notes or not loaded.known else self._keep(agent_id, loaded, now)
 
     def files(self) -> dict[str, dict[str, Any]]:
         """The blueprint files by agent id, read once per process; a bad file is logged and left out."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +89,22 @@ class Runtime:
             ),
         )
         rt.memory.warn_without_secret()  # once per process: runs only note the refusals
+        _warn_if_open(s)
         return rt
 
 
 _current: Runtime | None = None
+_warned_open = False
+
+
+def _warn_if_open(s: Settings) -> None:
+    """Say once per process that no inbound secret is set: every endpoint answers anyone."""
+    global _warned_open
+    if not s.runtime.secret and not _warned_open:
+        _warned_open = True
+        logging.getLogger("agent_runtime").warning(
+            "AGENT_RUNTIME_SECRET is not set: every endpoint but health answers unauthenticated callers"
+        )
 
 
 def install(rt: Runtime | None) -> None:
@@ -104,10 +117,11 @@ def get() -> Runtime:
     """The runtime of this process, built on first use from the process's settings."""
     global _current
     if _current is None:
-        from shared.infra import observability
+        from shared.infra import observability, telemetry
 
         s = settings_module.get()
         observability.configure(s.runtime.log_format)
+        telemetry.configure(s.service)  # spans only when an OTLP endpoint is configured
         _current = Runtime.from_settings(s)
         settle_gc()
     return _current

@@ -115,7 +115,8 @@ class Toolbox:
             return "ok", {"ok": True, "result": summary.digest(self.history)}
         if not self.toolcore.base_url:
             return "error", {"ok": False, "error": "toolcore is not configured"}
-        try:
+        acted_before, self.side_effects = self.side_effects, True  # from the moment it may leave: a run
+        try:  # cancelled while it is in flight must not run it again
             data = await self.toolcore.call(
                 "POST",
                 "/internal/tools/call",
@@ -130,9 +131,9 @@ class Toolbox:
                 retry=False,  # creating a task twice is worse than not at all
             )
         except DependencyError as exc:
-            self.side_effects |= exc.sent
+            if not exc.sent:  # it provably never left: nothing acted
+                self.side_effects = acted_before
             return "error", {"ok": False, "error": str(exc)}
-        self.side_effects = True
         if not isinstance(data, dict) or not data.get("ok"):
             error = data.get("error") if isinstance(data, dict) else None
             return "error", {"ok": False, "error": str(error or "toolcore answered without ok")}

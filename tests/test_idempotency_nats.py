@@ -175,3 +175,16 @@ async def test_two_runs_taking_over_one_expired_claim_at_once_cannot_both_win(st
     claims = await asyncio.gather(first.claim("agent:sofia/m8", 60), second.claim("agent:sofia/m8", 60))
 
     assert sorted(c.state.value for c in claims) == ["in_progress", "new"]
+
+
+async def test_an_old_owner_that_marked_and_lost_its_record_releases_quietly(stores):
+    first, second = stores
+    mine = await first.claim("agent:sofia/m9", 60)
+    assert await first.posting("agent:sofia/m9", mine.token, 0.05, "digest")  # the post stalls past its TTL
+    await asyncio.sleep(0.1)
+    taken = await second.claim("agent:sofia/m9", 60)
+    assert taken.state is ClaimState.NEW and taken.posted
+
+    await first.release("agent:sofia/m9", mine.token)  # its post failed: nothing to free, no error
+
+    assert (await first.claim("agent:sofia/m9", 60)).state is ClaimState.IN_PROGRESS  # still the taker's

@@ -225,3 +225,13 @@ async def test_the_bridge_as_deployed_serves_the_function_and_waits_for_its_nats
             await process.wait()
     assert any(b"agent_runtime served" in line for line in seen)
     assert not any(b"embedded nats-server" in line or b"local stack" in line for line in seen)
+
+
+def test_an_empty_secret_does_not_switch_auth_off_over_the_config_file(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("runtime:\n  secret: from-config\nllm:\n  secret: llm-from-config\n")
+
+    loaded = settings.load({"AGENT_RUNTIME_SECRET": "", "AGENT_RUNTIME__LLM__SECRET": ""}, config)
+
+    assert loaded.runtime.secret.get_secret_value() == "from-config"
+    assert loaded.llm.secret.get_secret_value() == "llm-from-config"

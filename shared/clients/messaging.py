@@ -16,6 +16,9 @@ log = logging.getLogger("agent_runtime.messaging")
 _HISTORY = TypeAdapter(list[ChannelMessage])
 
 
+REFUSED_FORM = frozenset({422, 414, 431})  # refused before anything was posted
+
+
 class MessagingClient:
     def __init__(self, endpoint: Endpoint, *, post_style: str = "auto", history_limit: int = 50) -> None:
         self.endpoint = endpoint
@@ -50,10 +53,11 @@ class MessagingClient:
         try:
             return await self._post(self.form, agent_id, channel_id, text, deadline)
         except DependencyError as exc:
-            if self.post_style != "auto" or exc.status != 422:
+            if self.post_style != "auto" or exc.status not in REFUSED_FORM:
                 raise
-        # auto: a 422 is the request refused before anything was posted; the seed's service and the
-        # deployed one each refuse the other's form so, and the other form is tried once
+        # auto: a 422 is the request refused before anything was posted (the seed's service and the
+        # deployed one each refuse the other's form so), and a reply too long for a URL is refused
+        # whole (414, 431): the other form is tried once
         other = "body" if self.form == "query" else "query"
         message_id = await self._post(other, agent_id, channel_id, text, deadline)
         log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,7 +77,7 @@ class NatsKvStore:
         await self._write(_name(key), token, _record("complete", token, ttl_s, result), last_write=True)
 
     async def release(self, key: str, token: str) -> None:
-        from nats.js.errors import APIError
+        from nats.js.errors import APIError, KeyWrongLastSequenceError
 
         mine = self._owned.pop((_name(key), token), None)
         if mine is None:
@@ -88,9 +89,35 @@ class NatsKvStore:
                     await kv.update(_name(key), jsoncodec.dumps({**mine[1], "expires_at": 0}), last=mine[0])
                 else:
                     await kv.delete(_name(key), last=mine[0])
+            except KeyWrongLastSequenceError:
+                pass  # taken over since: not ours to free
             except APIError as exc:
-                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                if getattr(exc, "err_code", None) not in _WRONG_LAST_SEQUENCE:
                     raise  # else taken over since: not ours to free
+
+    async def add_usage(self, key: str, tokens: int, ttl_s: float) -> int:
+        """Compare-and-set on the counter's revision, read again when another runner added first; the
+        bucket's TTL removes it (its key names the day, so ``ttl_s`` is not needed)."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        name = _name(key)
+        async with self._reaching():
+            kv = await self._kv()
+            for attempt in range(USAGE_ATTEMPTS):
+                try:
+                    entry = await kv.get(name)
+                except KeyNotFoundError:
+                    entry = None
+                total = (json.loads(entry.value or b"{}").get("tokens", 0) if entry else 0) + tokens
+                if tokens == 0:
+                    return total
+                value = jsoncodec.dumps({"tokens": total})
+                try:
+                    await (kv.update(name, value, last=entry.revision) if entry else kv.create(name, value))
+                    return total
+                except KeyWrongLastSequenceError:  # spread the runners that collided, so one gets through
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise DependencyError("idempotency", "unavailable", "NATS KV: usage counter too contended", retryable=True)
 
     async def _write(self, name: str, token: str, record: dict[str, Any], *, last_write: bool = False) -> bool:
         """Replace the record this process owns; False when it was taken over since."""
@@ -210,6 +237,7 @@ class NatsKvStore:
         return nc, kv
 
 
+USAGE_ATTEMPTS = 32  # compare-and-set rounds of one add_usage before it gives up
 _WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "the record changed since that revision"
 
 

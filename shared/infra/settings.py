@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -63,6 +63,13 @@ class ModelLimits(_Section):
     reply_reserve: int = Field(1000, ge=16)
 
 
+class ModelPrice(_Section):
+    """What a model costs per million tokens, in the price table's currency."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class LlmSettings(ServiceSettings):
     provider: str = "proxy"  # a name in shared/llm PROVIDERS: proxy, openai, anthropic
     url: str = "http://llm-proxy:7007"  # llm-proxy (provider: proxy); empty: the keyword mock answers
@@ -89,8 +96,17 @@ class LlmSettings(ServiceSettings):
         }
     )
 
+    # cost is counted for the models priced here (the answering model's name, else the one asked for)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    daily_token_budget: int | None = Field(None, ge=0)  # tokens an agent may spend a UTC day; none: no limit
+    agent_budgets: dict[str, NonNegativeInt] = Field(default_factory=dict)  # agent id -> its own daily budget
+
     def limits(self, model: str) -> ModelLimits:
         return self.models.get(model, self.default_limits)
+
+    def budget(self, agent_id: str) -> int | None:
+        """The agent's daily token budget; None: no limit."""
+        return self.agent_budgets.get(agent_id, self.daily_token_budget)
 
 
 class AgentsSettings(ServiceSettings):
@@ -163,6 +179,12 @@ class RuntimeSettings(_Section):
         return self
 
 
+class TelemetrySettings(_Section):
+    """Traces are configured by the standard OTEL_* environment (shared/infra/telemetry.py); this is what they hold."""
+
+    record_content: bool = False  # message text on the LLM span (gen_ai.input/output.messages); never by default
+
+
 class IdempotencySettings(_Section):
     """Where the exactly-once records live: one process, NATS JetStream KV (on-prem), DynamoDB (Lambda)."""
 
@@ -214,6 +236,7 @@ class Settings(BaseSettings):
     agents: AgentsSettings = AgentsSettings()
     tools: ToolsSettings = ToolsSettings()
     runtime: RuntimeSettings = RuntimeSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     runner: RunnerSettings = RunnerSettings()
 
@@ -369,7 +392,9 @@ def read_secret_files(environ: dict[str, str]) -> dict[str, str]:
             resolved[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ValueError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    return resolved
+    # An empty secret is no secret: a manifest whose secret went missing must not switch auth off
+    # over the one config.yaml sets.
+    return {name: value for name, value in resolved.items() if value or name.upper() not in secrets}
 
 
 def load(environ: Mapping[str, str] | None = None, config_path: str | os.PathLike | None = None) -> Settings:
