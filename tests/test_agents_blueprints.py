@@ -174,3 +174,13 @@ async def test_a_bad_blueprint_file_is_left_out(tmp_path, bad):
 def test_shipped_blueprints_are_valid():
     files = _chain().files()
     assert {"agent:sofia", "agent:helion"} <= set(files)
+
+
+async def test_unknown_agents_share_one_metric_label(stack, client):
+    for i in range(3):
+        await _ask(stack, client, f"agent:stranger-{i}")
+
+    text = (await client.get("/metrics")).text
+
+    assert "stranger" not in text
+    assert 'agent_runtime_invocations_total{agent_id="unknown",entrypoint="channel_message",outcome="skipped"}' in text

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 MAX_SERIES = 1000  # label sets per metric before new ones are pooled under "other"
 MAX_OVERFLOW_SERIES = 100  # label sets with a first label "other", before every label is "other"
 OVERFLOW = "other"
+UNKNOWN_AGENT = "unknown"  # the agent_id label of invocations for agents no source knows
 INF = float("inf")
 
 _lock = threading.Lock()  # children are added, and values changed, under it: handlers may run in threads
@@ -151,6 +152,12 @@ RESPONSE_SECONDS = Histogram(
     ["agent_id"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+STEP_SECONDS = Histogram(
+    "agent_runtime_step_seconds",
+    "Time spent in each step of a run (the outcome's timings: blueprint, history, memory, llm, post …)",
+    ["step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 LLM_CALLS = Counter(
     "agent_runtime_llm_calls", "LLM calls by agent, provider and result", ["agent_id", "provider", "result"]
 )
@@ -163,13 +170,26 @@ MEMORY_QUERY_SECONDS = Histogram(
 MOCK_FALLBACKS = Counter(
     "agent_runtime_mock_fallbacks", "Answers the keyword mock gave in place of the LLM", ["agent_id"]
 )
+LLM_TOKENS = Counter(
+    "agent_runtime_llm_tokens",
+    "LLM tokens by agent, answering model and direction (input, output); estimated where a provider reports none",
+    ["agent_id", "model", "direction"],
+)
+LLM_COST = Counter(
+    "agent_runtime_llm_cost",
+    "LLM cost by agent and answering model, in the currency of the price table (llm.prices)",
+    ["agent_id", "model"],
+)
 METRICS: tuple[_Metric, ...] = (
     INVOCATIONS,
     RESPONSE_SECONDS,
+    STEP_SECONDS,
     LLM_CALLS,
     TOOL_CALLS,
     MEMORY_QUERY_SECONDS,
     MOCK_FALLBACKS,
+    LLM_TOKENS,
+    LLM_COST,
 )
 
 
@@ -179,13 +199,25 @@ def child(metric: _Metric, *values: str) -> Any:
 
 
 def record(outcome: Outcome) -> None:
-    """What one finished invocation adds."""
-    INVOCATIONS.labels(outcome.agent_id, outcome.entrypoint, outcome.status).inc()
-    RESPONSE_SECONDS.labels(outcome.agent_id).observe(outcome.timings_ms.get("total", 0.0) / 1000)
+    """What one finished invocation adds; an agent no source knows is counted under one label."""
+    agent = UNKNOWN_AGENT if outcome.reason == "unknown_agent" else outcome.agent_id
+    INVOCATIONS.labels(agent, outcome.entrypoint, outcome.status).inc()
+    RESPONSE_SECONDS.labels(agent).observe(outcome.timings_ms.get("total", 0.0) / 1000)
+    for step, ms in outcome.timings_ms.items():
+        if step != "total":  # the steps are the pipeline's own names: a bounded label
+            STEP_SECONDS.labels(step).observe(ms / 1000)
     if "memory" in outcome.timings_ms:
         MEMORY_QUERY_SECONDS.observe(outcome.timings_ms["memory"] / 1000)
     for call in outcome.tool_calls:
         TOOL_CALLS.labels(call["tool"], call["result"]).inc()
+
+
+def record_tokens(agent_id: str, model: str, input_tokens: int, output_tokens: int, cost: float | None) -> None:
+    """What one LLM call spent: its tokens, and its cost when the model is priced."""
+    LLM_TOKENS.labels(agent_id, model, "input").inc(input_tokens)
+    LLM_TOKENS.labels(agent_id, model, "output").inc(output_tokens)
+    if cost is not None:
+        LLM_COST.labels(agent_id, model).inc(cost)
 
 
 # --- exposition: prometheus-client, imported on the first scrape -----------------------------
