@@ -112,6 +112,8 @@ async def run(s: Settings, *, local: bool) -> int:
     """The bridge (and the function, without a function_url) until SIGTERM/SIGINT; ``local``: the local stack too."""
     from runner import serve
     from runner.bridge import Bridge
+    from runner.console.app import Console
+    from runner.console.feed import Feed
     from shared import runtime
     from shared.clients import http
     from shared.infra.observability import redact_url
@@ -137,8 +139,13 @@ async def run(s: Settings, *, local: bool) -> int:
 
         bridge = Bridge(s, function_url)
         secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
-        status = await serve.Serving.start(serve.status_app(bridge.health, secret=secret), s.runner.host, s.runner.port)
+        feed = Feed()
+        bridge.on_answer = feed.record
+        console = Console.for_bridge(bridge, s, feed)
+        app = serve.status_app(bridge.health, secret=secret, console=console)
+        status = await serve.Serving.start(app, s.runner.host, s.runner.port)
         cleanup.push_async_callback(status.stop)
+        cleanup.callback(feed.close)  # first: an open event stream would hold the server's stop
         starting = asyncio.create_task(bridge.start())  # waits as long as NATS is away
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -152,7 +159,7 @@ async def run(s: Settings, *, local: bool) -> int:
         servers = ",".join(redact_url(u) for u in bridge.servers)
         print(
             f"agent-runtime runner: {s.runner.mode} mode on {bridge.subject} via {servers}; forwarding to "
-            f"{redact_url(function_url)}; health and metrics on http://127.0.0.1:{status.port}",
+            f"{redact_url(function_url)}; console, health and metrics on http://127.0.0.1:{status.port}",
             flush=True,
         )
         await stopping

@@ -1,4 +1,4 @@
-"""ASGI apps served inside the runner's own event loop: the runner's /health and /metrics, and
+"""ASGI apps served inside the runner's own event loop: the runner's /health, /metrics and console, and
 the agent_runtime function when no function_url names a remote one (a container runs both)."""
 
 from __future__ import annotations
@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from runner.console.app import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,8 +107,11 @@ def function_app() -> Any:
     return create_asgi_app(target="agent_runtime", source=str(ROOT / "main.py"))
 
 
-def status_app(health: Callable[[], dict[str, Any]], *, secret: str | None) -> Starlette:
-    """The runner's /health (open) and /metrics (needs ``secret`` when there is one)."""
+def status_app(
+    health: Callable[[], dict[str, Any]], *, secret: str | None, console: Console | None = None
+) -> Starlette:
+    """The runner's /health (open) and /metrics (needs ``secret`` when there is one), and the console's
+    page and API beside them when given one."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from runner import metrics
@@ -123,4 +129,5 @@ def status_app(health: Callable[[], dict[str, Any]], *, secret: str | None) -> S
             return JSONResponse(exc.body(), status_code=exc.status)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[Route("/health", health_route), Route("/metrics", metrics_route)])
+    routes = [Route("/health", health_route), Route("/metrics", metrics_route)]
+    return Starlette(routes=routes + (console.routes() if console is not None else []))
