@@ -20,6 +20,8 @@ log = logging.getLogger("agent_runtime.runner")
 
 
 class Breaker:
+    """Closed while the function answers; ``trip`` opens it, a probe that gets an answer closes it."""
+
     def __init__(self, probe: Callable[[], Awaitable[bool]], *, first_probe_s: float = 0.25, max_probe_s: float = 5.0):
         self._probe = probe
         self._first_probe_s, self._max_probe_s = first_probe_s, max_probe_s
@@ -36,7 +38,7 @@ class Breaker:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    def trip(self, reason: str) -> None:
+    def trip(self, reason: str | None) -> None:
         """A call found the function unreachable: open (once), and probe until it answers."""
         if self.is_open:
             return
@@ -57,7 +59,11 @@ class Breaker:
         counted = self._opened_at
         while True:
             await asyncio.sleep(delay)
-            answered = await self._probe()
+            try:
+                answered = await self._probe()
+            except Exception:  # a defect of the probe: logged, and it probes on (the breaker must not stick)
+                log.exception("function probe failed")
+                answered = False
             now = time.monotonic()
             metrics.breaker_open_seconds.inc(now - counted)  # counted as it goes: an outage shows while it lasts
             counted = now

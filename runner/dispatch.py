@@ -65,12 +65,11 @@ class Dispatcher:
                 self.in_flight -= 1
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait for every admitted message; False when some were still running at the timeout (those
-        are cancelled: unacknowledged, JetStream redelivers them; a core message is lost)."""
+        """Wait for every admitted message; False when some were still running at the timeout."""
         if not self._tasks:
             return True
         _, still = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        for task in still:
+        for task in still:  # unacknowledged: JetStream redelivers them; a core message is lost
             task.cancel()
         if still:
             await asyncio.wait(still)

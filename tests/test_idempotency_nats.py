@@ -188,3 +188,28 @@ async def test_an_old_owner_that_marked_and_lost_its_record_releases_quietly(sto
     await first.release("agent:sofia/m9", mine.token)  # its post failed: nothing to free, no error
 
     assert (await first.claim("agent:sofia/m9", 60)).state is ClaimState.IN_PROGRESS  # still the taker's
+
+
+async def test_a_claim_whose_answer_was_lost_is_still_its_own(stores):
+    """The create was done, its answer lost (a leader dying just after it replicated): the repeat
+    finds the record, and it is this claim's own, not another run's."""
+    import nats.errors
+
+    first, second = stores
+    bucket = (await first._kv())._target  # under the store's patience: its repeat is what is tested
+    create = bucket.create
+    answers: list[int] = []
+
+    async def done_then_lost(*args, **kwargs):
+        answers.append(await create(*args, **kwargs))
+        if len(answers) == 1:
+            raise nats.errors.TimeoutError
+        return answers[-1]
+
+    bucket.create = done_then_lost
+    claim = await first.claim("agent:sofia/m9", 60)
+
+    assert claim.state is ClaimState.NEW and len(answers) == 1  # repeated, found done
+    assert (await second.claim("agent:sofia/m9", 60)).state is ClaimState.IN_PROGRESS
+    await first.complete("agent:sofia/m9", claim.token, {"message_id": "r9"}, 3600)
+    assert (await second.claim("agent:sofia/m9", 60)).result == {"message_id": "r9"}

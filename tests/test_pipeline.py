@@ -244,44 +244,8 @@ async def test_invocation_in_progress_elsewhere_is_409(stack, client):
     assert response.json()["kind"] == "in_progress" and stack.messaging.posts == []
 
 
-async def _crashed_while_posting(message_id: str, reply: str) -> None:
-    """What a worker killed in the middle of posting ``reply`` leaves: a marked claim that expires."""
-    store = runtime.get().idempotency
-    key = record_key("agent:sofia", message_id)
-    crashed = await store.claim(key, 60)
-    assert await store.posting(key, crashed.token, 0.05, reply_digest(reply))
-    await asyncio.sleep(0.1)  # the in-progress record expires (the wait is the behaviour under test)
-
-
-async def test_a_run_that_died_after_its_post_landed_is_not_answered_twice(stack, client):
-    channel = stack.channel()
-    message = stack.messaging.add_message(channel, "hello")
-    await _crashed_while_posting(message["id"], "the crashed run's reply")
-    earlier = stack.messaging.add_message(
-        channel, "the crashed run's reply", sender_id="agent:sofia", sender_type="agent"
-    )
-
-    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
-    again = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
-
-    assert outcome["status"] == "skipped" and outcome["reason"] == "duplicate"
-    assert outcome["message_id"] == earlier["id"] and "recovered: an earlier run posted this reply" in outcome["notes"]
-    assert again["status"] == "skipped" and again["message_id"] == earlier["id"]  # the record is complete now
-    assert stack.messaging.replies_to(channel) == [] and stack.llm.requests == []
-
-
-async def test_a_run_that_died_before_its_post_landed_is_answered(stack, client):
-    channel = stack.channel()
-    message = stack.messaging.add_message(channel, "hello")
-    await _crashed_while_posting(message["id"], "the crashed run's reply")
-    stack.messaging.add_message(channel, "a later question", sender_id="user:bob")
-    # the agent answered the later question meanwhile (another runner): not the lost reply
-    stack.messaging.add_message(channel, "an answer to bob", sender_id="agent:sofia", sender_type="agent")
-
-    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
-
-    assert outcome["status"] == "replied"
-    assert [p["text"] for p in stack.messaging.replies_to(channel)] == ["LLM reply to: hello"]
+# Recovery after a crash, over every idempotency backend: tests/test_recovery.py. These reach into
+# the in-process store to expire a claim in the middle of a run.
 
 
 async def _invoke_held_at(client, service, route: str, channel: str, message_id: str):
@@ -337,35 +301,6 @@ async def test_a_run_whose_claim_expired_unclaimed_renews_it_and_posts(stack, cl
 
     assert (await stalled).json()["status"] == "replied"
     assert len(stack.messaging.replies_to(channel)) == 1
-
-
-async def test_a_schedule_run_that_died_while_posting_is_not_posted_again(stack, client):
-    channel = stack.channel()
-    stack.messaging.add_message(channel, "something to summarise")
-    cron = invocation(channel, entrypoint="cron")
-    cron["payload"].update(schedule_id="daily", fire_time="2025-01-01T09:00:00Z", instruction="Post the plan.")
-    store = runtime.get().idempotency
-    key = record_key("agent:sofia", "cron:daily@2025-01-01T09:00:00+00:00")
-    crashed = await store.claim(key, 60)
-    assert await store.posting(key, crashed.token, 0.05, reply_digest("whatever it was"))
-    await asyncio.sleep(0.1)
-
-    outcome = (await client.post("/invoke", json=cron)).json()
-
-    assert outcome["status"] == "skipped" and "recovered: an earlier run may have posted" in outcome["notes"]
-    assert stack.messaging.replies_to(channel) == []
-
-
-async def test_a_claim_that_expired_before_posting_is_answered_whatever_the_channel_says(stack, client):
-    channel = stack.channel()
-    message = stack.messaging.add_message(channel, "hello")
-    await runtime.get().idempotency.claim(record_key("agent:sofia", message["id"]), 0.05)  # died in the LLM call
-    await asyncio.sleep(0.1)
-    stack.messaging.add_message(channel, "an answer to someone else", sender_id="agent:sofia", sender_type="agent")
-
-    outcome = (await client.post("/invoke", json=invocation(channel, message_id=message["id"]))).json()
-
-    assert outcome["status"] == "replied" and len(stack.messaging.replies_to(channel)) == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
