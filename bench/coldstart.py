@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/coldstart.py              # 7 rounds, alternating
     .venv/bin/python bench/coldstart.py --rounds 11
+    .venv/bin/python bench/coldstart.py --tracing    # and, in the same rounds, with traces on
 
 Each round starts ``functions-framework --target agent_runtime --asgi`` and times process start →
 the first ``POST /invoke`` (a valid invocation, its downstream calls answered by the fakes of
@@ -14,6 +15,8 @@ The function runs from a copy of the repository taken at the start, as deployed 
 deploy`` uploads no bytecode: .gcloudignore), so Python compiles the runtime's own modules at each
 start; and, for comparison, from a second copy whose bytecode is compiled beforehand (what a build
 step running ``python -m compileall`` would ship). Installed packages have their bytecode in both.
+With ``--tracing``, each round also starts the deployed copy with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set
+(every invocation traced, its spans exported to a collector on loopback that discards them).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class ColdStart:
     second: list[float] = field(default_factory=list)  # agent_runtime's second request
     warm: list[float] = field(default_factory=list)  # its requests after the second, all rounds
     hello_second: list[float] = field(default_factory=list)
+    traced: list[float] = field(default_factory=list)  # as deployed, with traces on
 
     @property
     def ratios(self) -> list[float]:
@@ -72,12 +76,16 @@ class ColdStart:
         return statistics.median(self.compiled_ratios)
 
     @property
+    def traced_ratio(self) -> float:
+        return statistics.median(r / h for r, h in zip(self.traced, self.hello, strict=True))
+
+    @property
     def ok(self) -> bool:
         return self.ratio <= TARGET
 
     def table_rows(self) -> list[tuple[str, str, str, str, str, str]]:
         """Rows for bench/run.py's table: measurement, figure, reference, ratio, target, verdict."""
-        return [
+        rows = [
             (
                 "   process start → first POST /invoke 200",
                 ms(self.runtime),
@@ -90,6 +98,9 @@ class ColdStart:
             ("   the same, bytecode compiled", ms(self.compiled), "", f"{self.compiled_ratio:.2f}", "", ""),
             ("   second POST /invoke; requests 3–10", f"{ms(self.second)}; {ms(self.warm)}", "", "", "", ""),
         ]
+        if self.traced:
+            rows.append(("   the same, tracing on", ms(self.traced), "", f"{self.traced_ratio:.2f}", "", ""))
+        return rows
 
 
 def _free_port() -> int:
@@ -186,24 +197,28 @@ def deployed_copy(to: Path, *, bytecode: bool) -> Path:
     return to
 
 
-async def measure(env: dict[str, str], rounds: int = 7, logs: Path | None = None) -> ColdStart:
+async def measure(
+    env: dict[str, str], rounds: int = 7, logs: Path | None = None, traced_env: dict[str, str] | None = None
+) -> ColdStart:
     """``rounds`` alternating cold starts of agent_runtime (as deployed, and compiled) and hello; ``env``
-    points at running fakes."""
+    points at running fakes. Given ``traced_env`` (``env`` with traces on), the deployed copy starts
+    with it too, in the same rounds."""
     logs = logs or Path(tempfile.mkdtemp(prefix="agent-runtime-coldstart-"))
     # the copies' bytecode stays as it is: neither written during the rounds nor read from elsewhere
     env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPYCACHEPREFIX", None)
+    traced = {**traced_env, "PYTHONDONTWRITEBYTECODE": "1"} if traced_env else None
     result = ColdStart()
     with tempfile.TemporaryDirectory(prefix="agent-runtime-deployed-") as tmp:
         source = deployed_copy(Path(tmp) / "source", bytecode=False)
         compiled = deployed_copy(Path(tmp) / "compiled", bytecode=True)
 
-        async def runtime(tree: Path, into: list[float]) -> None:
+        async def runtime(tree: Path, into: list[float], with_env: dict[str, str] = env) -> None:
             first, later = await first_answer(
-                "agent_runtime", tree, env, _invoke, 1 + LATER_REQUESTS, logs / f"runtime-{tree.name}.log"
+                "agent_runtime", tree, with_env, _invoke, 1 + LATER_REQUESTS, logs / f"runtime-{tree.name}.log"
             )
             into.append(first)
-            if tree is source:
+            if into is result.runtime:
                 result.second.append(later[0])
                 result.warm.extend(later[1:])
 
@@ -214,11 +229,15 @@ async def measure(env: dict[str, str], rounds: int = 7, logs: Path | None = None
 
         for i in range(rounds):
             steps = [lambda: runtime(source, result.runtime), hello, lambda: runtime(compiled, result.compiled)]
+            if traced:
+                steps.append(lambda: runtime(source, result.traced, traced))
             for step in steps if i % 2 == 0 else reversed(steps):
                 await step()
             print(
                 f"  round {i + 1}/{rounds}: agent_runtime {result.runtime[-1] * 1000:.0f} ms"
-                f" (compiled {result.compiled[-1] * 1000:.0f} ms), hello {result.hello[-1] * 1000:.0f} ms",
+                f" (compiled {result.compiled[-1] * 1000:.0f} ms"
+                + (f", traced {result.traced[-1] * 1000:.0f} ms" if traced else "")
+                + f"), hello {result.hello[-1] * 1000:.0f} ms",
                 file=sys.stderr,
                 flush=True,
             )
@@ -245,6 +264,14 @@ def rows(result: ColdStart) -> list[tuple[str, str]]:
         ("agent_runtime: second POST /invoke", ms(result.second)),
         (f"agent_runtime: requests 3–{2 + LATER_REQUESTS}", ms(result.warm)),
         ("hello world: second GET", ms(result.hello_second)),
+        *(
+            [
+                ("agent_runtime, tracing on: start → first POST /invoke 200", ms(result.traced)),
+                ("   its ratio", f"{result.traced_ratio:.2f} (informational)"),
+            ]
+            if result.traced
+            else []
+        ),
     ]
 
 
@@ -256,16 +283,16 @@ def print_table(result: ColdStart) -> None:
         print(f"  {what.ljust(width)}  {figure}")
 
 
-async def _main(rounds: int) -> int:
+async def _main(rounds: int, tracing: bool) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     from run import Fakes, Processes
 
     procs = Processes()
     fakes = Fakes(procs)
     try:
-        for name in ("messaging", "memory", "llm"):
+        for name in ("messaging", "memory", "llm", *(["otlp"] if tracing else [])):
             await fakes.start(name)
-        result = await measure(fakes.env(), rounds, procs.logs)
+        result = await measure(fakes.env(), rounds, procs.logs, fakes.tracing_env() if tracing else None)
     finally:
         procs.stop_all()
     print_table(result)
@@ -276,7 +303,11 @@ async def _main(rounds: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7, help="cold starts of each, alternating")
-    return asyncio.run(_main(ap.parse_args().rounds))
+    ap.add_argument(
+        "--tracing", action="store_true", help="also start agent_runtime with traces on, in the same rounds"
+    )
+    args = ap.parse_args()
+    return asyncio.run(_main(args.rounds, args.tracing))
 
 
 if __name__ == "__main__":

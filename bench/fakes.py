@@ -1,6 +1,6 @@
 """Fast fake dependencies for the benchmarks: raw ASGI apps under uvicorn (uvloop + httptools).
 
-    python bench/fakes.py messaging|memory|llm PORT [--latency SECONDS]
+    python bench/fakes.py messaging|memory|llm|otlp PORT [--latency SECONDS]
 
 Each runs in a process of its own, so a fake never shares a GIL with what is measured. They
 follow the contracts of the stand-ins in standins/ (and of the deployed services) but keep no
@@ -12,6 +12,8 @@ state beyond a counter, and answer at once unless a latency is set:
   ``GET /count`` answers how many posts so far.
 - memory: ``POST /internal/agent-memory/query`` answers one item; ``…/store`` answers ok.
 - llm: ``POST /internal/llm/proxy`` answers the flat llm-proxy shape after ``--latency``.
+- otlp: an OpenTelemetry collector that discards: ``POST /v1/traces`` answers an empty
+  ExportTraceServiceResponse (protobuf) and counts; ``GET /count`` answers the exports and bytes so far.
 """
 
 from __future__ import annotations
@@ -139,15 +141,47 @@ def llm_app(latency_s: float):
     return app
 
 
+def otlp_app():
+    exports = size = 0
+
+    async def app(scope, receive, send) -> None:
+        nonlocal exports, size
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/v1/traces":
+            exports, size = exports + 1, size + len(body)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/x-protobuf")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})  # an empty ExportTraceServiceResponse
+        elif scope["path"] == "/count":
+            await _answer(send, json.dumps({"exports": exports, "bytes": size}).encode())
+        else:
+            await _answer(send, b'{"status": "ok"}')
+
+    return app
+
+
 def main() -> None:
     import uvicorn
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("kind", choices=["messaging", "memory", "llm"])
+    ap.add_argument("kind", choices=["messaging", "memory", "llm", "otlp"])
     ap.add_argument("port", type=int)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before the LLM answers")
     args = ap.parse_args()
-    app = {"messaging": messaging_app, "memory": memory_app, "llm": lambda: llm_app(args.latency)}[args.kind]()
+    apps = {"messaging": messaging_app, "memory": memory_app, "llm": lambda: llm_app(args.latency), "otlp": otlp_app}
+    app = apps[args.kind]()
     uvicorn.run(
         app,
         host="127.0.0.1",

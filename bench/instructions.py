@@ -2,6 +2,7 @@
 machine's other load, for judging a change to the hot path. Needs valgrind.
 
     .venv/bin/python bench/instructions.py        # ≈ 1 minute on 2 cores
+    .venv/bin/python bench/instructions.py --tracing   # and the app with every invocation traced
 
 The agent_runtime target is driven in process, as functions-framework ``--asgi`` builds it
 (concurrency 32, no socket on the caller's side, so uvicorn's own HTTP parsing is not counted),
@@ -110,7 +111,7 @@ def counted(what: str, ns: tuple[int, ...], env: dict[str, str], work: Path) -> 
                 process.wait()
 
 
-async def main() -> int:
+async def main(tracing: bool) -> int:
     if not shutil.which("valgrind"):
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -118,18 +119,25 @@ async def main() -> int:
     fakes = Fakes(procs)
     per: dict[str, float] = {}
     try:
-        for name in ("messaging", "memory", "llm"):
+        for name in ("messaging", "memory", "llm", *(["otlp"] if tracing else [])):
             await fakes.start(name)
-        for what in ("app", "floor"):
-            print(f"counting {what} …", file=sys.stderr, flush=True)
-            few, more = await asyncio.to_thread(counted, what, (FEW, MORE), fakes.env(), procs.logs)
-            per[what] = (more - few) / (MORE - FEW)
+        # traced: spans exported to a collector on loopback that discards them, often enough to count
+        runs = [("app", fakes.env()), ("floor", fakes.env())]
+        if tracing:
+            runs.append(("traced", {**fakes.tracing_env(), "OTEL_BSP_SCHEDULE_DELAY": "200"}))
+        for name, env in runs:
+            print(f"counting {name} …", file=sys.stderr, flush=True)
+            what = "floor" if name == "floor" else "app"
+            few, more = await asyncio.to_thread(counted, what, (FEW, MORE), env, procs.logs)
+            per[name] = (more - few) / (MORE - FEW)
     finally:
         procs.stop_all()
     shutil.rmtree(procs.logs, ignore_errors=True)  # kept on failure: the error names the log
     print(f"agent_runtime app: {per['app'] / 1e6:.2f} M instructions per invocation")
     print(f"floor's client:    {per['floor'] / 1e6:.2f} M instructions per invocation (its five calls)")
     print(f"ratio:             {per['app'] / per['floor']:.2f}")
+    if tracing:
+        print(f"traced app:        {per['traced'] / 1e6:.2f} M instructions per invocation")
     return 0
 
 
@@ -143,8 +151,9 @@ def driven(what: str, n: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--drive", nargs=2, metavar=("app|floor", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--tracing", action="store_true", help="also count the app with every invocation traced")
     args = ap.parse_args()
     if args.drive:
         driven(args.drive[0], int(args.drive[1]))
         sys.exit(0)
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(main(args.tracing)))

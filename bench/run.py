@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # the full suite (≈ 40 seconds on 2 cores)
     .venv/bin/python bench/run.py --quick    # fewer invocations (≈ 20 seconds)
+    .venv/bin/python bench/run.py --quick --tracing   # 2. and 5. again with traces on (OTLP to a loopback collector)
 
 Fake dependencies (bench/fakes.py) run as real HTTP servers on loopback, each in a process of
 its own. Every figure is printed beside the reference it is judged against, measured in the same
@@ -11,11 +12,13 @@ run, with the target ratio and PASS/MISS. Nothing here is a test: tests never ti
    to back on pooled aiohttp connections, concurrency 32. What no runtime can beat here.
 2. invoke: POST /invoke on ``functions-framework --target agent_runtime --asgi``, concurrency 32,
    in rounds alternating with the floor's (the ratio is the median of the per-round ratios).
+   With --tracing, again with every invocation traced (2b.), spans exported to a loopback collector.
 3. bridge: invocations published on NATS through ``local_runner.py`` to replies posted, core and
    jetstream modes (a private nats-server).
 4. slow LLM: the LLM answers after 1 s; invocations through the bridge with --max-in-flight 256.
 5. cold start: importing ``main``, and process start to the first POST /invoke answered, beside a
-   bare functions-framework hello world (bench/hello/main.py) in alternating rounds (bench/coldstart.py).
+   bare functions-framework hello world (bench/hello/main.py) in alternating rounds (bench/coldstart.py);
+   with --tracing, a traced cold start in the same rounds.
 6. resident memory of the function's worker process, idle and loaded.
 """
 
@@ -147,7 +150,11 @@ class Fakes:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_SECRET") and not k.startswith("AGENT_RUNTIME")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.endswith("_SECRET") and not k.startswith(("AGENT_RUNTIME", "OTEL_"))
+        }
         env.update(
             MESSAGING_SERVICE_URL=self.url("messaging"),
             AGENT_MEMORY_URL=self.url("memory"),
@@ -156,6 +163,18 @@ class Fakes:
             AGENT_RUNTIME__RUNTIME__LOG_FORMAT="json",
         )
         return env
+
+    def tracing_env(self) -> dict[str, str]:
+        """The function's environment with traces on, exported to the otlp fake (which discards them)."""
+        return {
+            **self.env(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url("otlp"),
+            "OTEL_SERVICE_NAME": "agent-runtime-bench",
+        }
+
+    async def exports(self, session) -> dict:
+        async with session.get(f"{self.url('otlp')}/count") as r:
+            return await r.json()
 
     async def posts(self, session) -> int:
         async with session.get(f"{self.url('messaging')}/count") as r:
@@ -299,6 +318,31 @@ async def floor_and_invoke(fakes: Fakes, base: str, worker: int, each: int, roun
     invoke_figures = figures(invoke_rates, invoke_latencies, invoke_cpu)
     invoke_figures.update(ratio=statistics.median(ratios), low=min(ratios), high=max(ratios))
     return figures(floor_rates, floor_latencies, floor_cpu), invoke_figures
+
+
+async def traced_invoke(procs: Processes, fakes: Fakes, each: int, rounds: int, untraced: dict) -> list[Row]:
+    """2. again on a function whose every invocation is traced (OTEL_EXPORTER_OTLP_ENDPOINT set, the
+    default sampler: all of them), its spans exported to a collector on loopback that discards them."""
+    await fakes.start("otlp")
+    function, base = await serve_function(procs, fakes.tracing_env(), "function-traced")
+    worker = (children(function.pid) or [function.pid])[0]
+    say(f"2b. the same with tracing on, {rounds} alternating rounds of {each} …")
+    fl, inv = await floor_and_invoke(fakes, base, worker, each, rounds)
+    procs.stop(function)  # its last spans are exported as it stops
+    async with pooled_session() as s:
+        exported = await fakes.exports(s)
+    return [
+        Row(
+            "2b. the same, tracing on (OTLP to loopback)",
+            f"{inv['rate']:.0f} inv/s",
+            f"floor {fl['rate']:.0f} inv/s; off: ratio {untraced['ratio']:.2f}",
+            f"{inv['ratio']:.2f}",
+        ),
+        Row("   ratio to the floor round before, per round", f"{inv['low']:.2f} … {inv['high']:.2f}", "", "median"),
+        Row("   latency p50 / p99", f"{inv['p50'] * 1000:.1f} / {inv['p99'] * 1000:.1f} ms"),
+        Row("   CPU per invocation: function worker", f"{inv['cpu_ms']:.2f} ms", f"off: {untraced['cpu_ms']:.2f} ms"),
+        Row("   spans exported", f"{exported['exports']} requests, {exported['bytes'] / 1e6:.1f} MB"),
+    ]
 
 
 # --- 3./4. the bridge -------------------------------------------------------------------------
@@ -460,6 +504,8 @@ async def suite(args: argparse.Namespace) -> int:
             )
         )
         ok &= inv["ratio"] >= 0.5
+        if args.tracing:
+            rows += await traced_invoke(procs, fakes, each, rounds, inv)
 
         for mode in ("core", "jetstream"):
             say(f"3. bridge, {mode} mode: {n_bridge} invocations …")
@@ -569,7 +615,8 @@ async def suite(args: argparse.Namespace) -> int:
         import coldstart
 
         await fakes.start("llm")  # answering at once again (4. slowed it)
-        cold = await coldstart.measure(fakes.env(), 3 if args.quick else 7, procs.logs)
+        traced_env = fakes.tracing_env() if args.tracing else None
+        cold = await coldstart.measure(fakes.env(), 3 if args.quick else 7, procs.logs, traced_env)
         rows += [Row(*row) for row in cold.table_rows()]
         ok &= cold.ok
 
@@ -589,6 +636,7 @@ def main() -> int:
     ap.add_argument("--invocations", type=int, default=3000, help="for each bridge run")
     ap.add_argument("--rounds", type=int, default=12, help="alternating rounds of the floor and invoke")
     ap.add_argument("--round-size", type=int, default=500, help="invocations in each of those rounds")
+    ap.add_argument("--tracing", action="store_true", help="2. and 5. again with traces on, to a loopback collector")
     ap.add_argument("--no-workers2", dest="workers2", action="store_false", help="skip the WORKERS=2 slow-LLM run")
     args = ap.parse_args()
     import uvloop

@@ -13,7 +13,7 @@ from shared import delivery, pipeline, runtime
 from shared.contracts import Outcome
 from shared.errors import BadInput
 from shared.health import report
-from shared.infra import tracing
+from shared.infra import telemetry, tracing
 from shared.intake import check_auth, parse_invocation
 
 log = logging.getLogger("agent_runtime.accept")
@@ -43,9 +43,25 @@ async def run(
     delivery_id: str | None = None,
     **log_fields: str | None,
 ) -> Answer:
-    """Accept one invocation (``read`` gives its body, once authenticated) and answer it."""
+    """Accept one invocation (``read`` gives its body, once authenticated) and answer it, in a server
+    span whose parent is the trace context the trigger carried (headers, attributes, extensions)."""
     rt = runtime.get()
     headers = headers or {}
+    with telemetry.span("invoke_agent", telemetry.SERVER, parent=headers) as span:
+        answer = await _answer(rt, read, headers, authenticate, delivery_id, log_fields)
+        if span.recording:
+            _describe(span, answer)
+    return answer
+
+
+async def _answer(
+    rt: runtime.Runtime,
+    read: Callable[[], Awaitable[bytes | str | dict[str, Any]]],
+    headers: Mapping[str, Any],
+    authenticate: bool,
+    delivery_id: str | None,
+    log_fields: dict[str, str | None],
+) -> Answer:
     try:
         if authenticate:
             secret = rt.settings.runtime.secret
@@ -68,6 +84,30 @@ async def run(
     return Answer(
         delivery.http_status(outcome), outcome.model_dump(exclude_none=True), delivery.retry_headers(outcome), outcome
     )
+
+
+def _describe(span: telemetry.Span, answer: Answer) -> None:
+    """What the invocation was and what became of it: ids, statuses and token counts, never text."""
+    span.set("http.response.status_code", answer.status)
+    outcome = answer.outcome
+    if answer.status >= 500:
+        span.fail(outcome.kind if outcome and outcome.kind else str(answer.status))
+    if outcome is None:
+        return
+    span.rename(f"invoke_agent {outcome.agent_id}")
+    for key, value in (
+        ("gen_ai.operation.name", "invoke_agent"),
+        ("gen_ai.agent.id", outcome.agent_id),
+        ("gen_ai.conversation.id", outcome.channel_id),
+        ("agent_runtime.entrypoint", outcome.entrypoint),
+        ("agent_runtime.outcome", outcome.status),
+        ("agent_runtime.reason", outcome.reason),
+        ("agent_runtime.llm_source", outcome.llm_source),
+    ):
+        span.set(key, value)
+    if outcome.usage:
+        span.set("gen_ai.usage.input_tokens", outcome.usage.input_tokens)
+        span.set("gen_ai.usage.output_tokens", outcome.usage.output_tokens)
 
 
 async def health(query: Mapping[str, Any], headers: Mapping[str, Any]) -> Answer:

@@ -19,13 +19,17 @@ from typing import Any
 
 from handlers import accept, sqs
 from shared.errors import BadInput
+from shared.infra import telemetry
 
 _loop = asyncio.new_event_loop()
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine on the container's event loop."""
-    return _loop.run_until_complete(coro)
+    """Run a coroutine on the container's event loop; its spans are exported before Lambda freezes the container."""
+    try:
+        return _loop.run_until_complete(coro)
+    finally:
+        telemetry.flush()
 
 
 def invoke(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Lifecycle, as nats.py's examples do it: ``start()`` connects and subscribes, ``stop()`` stops
 taking messages, finishes (and acknowledges) those in flight within the drain timeout, and
-drains the connection.
+drains the connection. While the function cannot be reached, a circuit breaker (``runner.breaker``)
+pauses the intake and holds the messages taken, spending none of their deliveries.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runner import metrics
@@ -21,7 +23,7 @@ from runner.dispatch import Dispatcher
 from runner.forward import Answer, call_headers, forward, health_url, probe
 from shared.delivery import Verdict, decide
 from shared.errors import BadInput
-from shared.infra import jsoncodec
+from shared.infra import jsoncodec, telemetry
 from shared.infra.jetstream import ensure_stream
 from shared.infra.nats_connect import NatsRefused, connect, connect_options
 from shared.infra.observability import redact_url
@@ -45,11 +47,14 @@ class Bridge:
         self.subject = s.nats.invocation_subject
         self.dead_letter_subject = s.runner.dlq_subject or f"{self.subject}.dlq"
         self.function_url = function_url
+        telemetry.configure(f"{s.service}-bridge")  # spans only when an OTLP endpoint is configured
         self.function_secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
         self.max_body_bytes = s.runtime.max_body_bytes
         self.dispatcher = Dispatcher(s.runner.max_in_flight)
         probe_timeout_s = min(5.0, s.runner.request_timeout_s)
         self.breaker = Breaker(lambda: probe(health_url(function_url), probe_timeout_s))
+        # Sees every answer with its trace id and attempt (the console's feed); it must never raise.
+        self.on_answer: Callable[[bytes, Answer, str, int], None] | None = None
         self.nc: Client | None = None
         self._subscription: Any = None
         self._fetcher: asyncio.Task[None] | None = None
@@ -100,6 +105,7 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await flushed(self.nc, timeout_s=2)  # NATS may be down: do not wait nats-py's 10 s
             await self.nc.close()
+        await asyncio.to_thread(telemetry.flush)  # the last spans, before the process ends
         log.info("bridge stopped", extra={"fields": {"finished_in_flight": finished}})
         return finished
 
@@ -185,9 +191,19 @@ class Bridge:
             await self._dead_letter(msg, Verdict("dead_letter", reason), status=None, attempt=1)
             return
         keep_alive = self._keep_alive(msg) if self.runner.mode == "jetstream" else None
-        await self.dispatcher.submit(key, lambda: self._process(msg, keep_alive))
+        await self.dispatcher.submit(key, lambda: self._traced(msg, keep_alive))
 
     # --- one message ------------------------------------------------------------------------
+
+    async def _traced(self, msg: Msg, keep_alive: asyncio.Task[None] | None) -> None:
+        """Process a message in a consumer span, a child of the trace context its headers carry."""
+        with telemetry.span(f"process {self.subject}", telemetry.CONSUMER, parent=msg.headers or {}) as span:
+            if span.recording:
+                span.set("messaging.system", "nats")
+                span.set("messaging.operation.type", "process")
+                span.set("messaging.destination.name", self.subject)
+                span.set("messaging.message.id", (msg.headers or {}).get("Nats-Msg-Id"))
+            await self._process(msg, keep_alive)
 
     async def _process(self, msg: Msg, keep_alive: asyncio.Task[None] | None) -> None:
         try:
@@ -202,8 +218,10 @@ class Bridge:
                     await self._settle(msg, "nak", 1.0)
                     return
                 answer = await self._call(msg.data, headers)
+                if self.on_answer is not None:
+                    self.on_answer(msg.data, answer, headers["traceparent"], attempt)
                 if not answer.reachable:
-                    self.breaker.trip(_why(answer) or "unreachable")
+                    self.breaker.trip(answer.error)
                     if not held:  # the function's outage, not this message's doing: no delivery spent
                         held = True
                         continue
@@ -242,14 +260,13 @@ class Bridge:
                 keep_alive.cancel()
 
     async def _until_reachable(self) -> bool:
-        """Wait while the function is unreachable; False when the bridge stops meanwhile in JetStream
-        mode (the message is better given back to a runner that may reach it). Core mode has nowhere
-        to give it back: it waits until the function answers or the drain timeout ends the run."""
+        """Wait while the function is unreachable; False when the bridge stops meanwhile (JetStream)."""
         if not self.breaker.is_open:
             return True
-        if self.runner.mode == "core":
+        if self.runner.mode == "core":  # nowhere to give it back: until the function answers, or the drain ends
             await self.breaker.wait_closed()
             return True
+        # a runner that stops gives it back: another one may reach the function
         closed = asyncio.create_task(self.breaker.wait_closed())
         stopping = asyncio.create_task(self._stop_requested.wait())
         try:

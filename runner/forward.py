@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from shared.clients import http
+from shared.infra import telemetry
+from shared.infra.observability import redact_url
 from shared.infra.tracing import TRACEPARENT
 
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")  # printable ASCII only: nothing to inject or choke on
@@ -32,8 +34,7 @@ class Answer:
 
 
 def answered(status: int, body: bytes, retry_after: str | None = None) -> Answer:
-    """An HTTP answer. A 502/503/504 is the function's own verdict only with its JSON outcome
-    (``"status": "failed"``); without it, a proxy in front of it spoke: the function is unreachable."""
+    """An HTTP answer; a 502/503/504 without the function's JSON outcome is a proxy's: unreachable."""
     if status in _GATEWAY and not _is_outcome(body):
         return Answer(status, body, retry_after, f"HTTP {status} from a gateway: the function did not answer", False)
     return Answer(status, body, retry_after)
@@ -75,6 +76,21 @@ def call_headers(nats_headers: dict[str, str] | None, secret: str | None) -> dic
 
 
 async def forward(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
+    """POST the invocation in a client span whose context the function receives (``traceparent``)."""
+    with telemetry.span("POST", telemetry.CLIENT) as span:
+        if span.recording:
+            span.set("http.request.method", "POST")
+            span.set("url.full", redact_url(url))
+        answer = await _post(url, body, span.inject(headers), timeout_s)
+        span.set("http.response.status_code", answer.status)
+        if not answer.reachable:
+            span.fail("unreachable")
+        elif answer.status is None or answer.status >= 500:
+            span.fail(str(answer.status or "no_answer"))
+    return answer
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
     import aiohttp
 
     # a connection that cannot be made within the connect timeout carried nothing: unreachable

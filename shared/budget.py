@@ -1,4 +1,5 @@
 """The context budget: estimate tokens without a tokenizer, and fit a prompt into a model's window.
+The same estimate counts a call's usage when its provider reports none.
 
 The estimate is deliberately pessimistic, so a fitted prompt does not overflow: about four
 characters a token for ASCII text, two for everything else (Cyrillic costs more tokens per
@@ -11,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.llm import ChatRequest, Completion, Usage
 
 PER_MESSAGE = 4
 
@@ -25,6 +28,12 @@ def message_tokens(message: dict[str, Any]) -> int:
     if message.get("tool_calls"):
         tokens += estimate(json.dumps(message["tool_calls"], ensure_ascii=False))
     return tokens
+
+
+def estimated_usage(request: ChatRequest, completion: Completion) -> Usage:
+    """What a call spent, counted as prompts are fitted: for a provider that reports no usage."""
+    spent_in = sum(message_tokens(m) for m in request.messages)
+    return Usage(spent_in, message_tokens(completion.as_message()), estimated=True)
 
 
 @dataclass

@@ -197,9 +197,18 @@ SkipReason = Literal[
     "agent_inactive",  # the agent is switched off in agents-service
     "unknown_agent",  # no source knows the agent (agents.allow_unknown is off)
 ]
-Step = Literal["blueprint", "history", "memory", "llm", "tools", "post", "store", "idempotency"]
+Step = Literal["blueprint", "history", "memory", "llm", "tools", "post", "store", "idempotency", "budget"]
 BlueprintSource = Literal["agents-service", "cache", "file", "default"]
 FailureKind = Literal["timeout", "unavailable", "bad_response", "rejected", "unauthorized", "in_progress"]
+
+
+class TokenUsage(BaseModel):
+    """The tokens one run's LLM calls spent, all tool rounds together; the mock's answers count none."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None  # the model that answered, as the provider named it
+    estimated: bool = False  # True when a provider did not report usage and it was estimated
 
 
 class Outcome(BaseModel):
@@ -215,6 +224,7 @@ class Outcome(BaseModel):
     blueprint_source: BlueprintSource | None = None
     variant: str | None = None  # the prompt variant (A/B) this channel is assigned
     prompt_tokens: int | None = None  # estimated, after fitting the context window
+    usage: TokenUsage | None = None  # what the LLM calls spent (none when only the mock answered)
     trimmed: dict[str, int] = Field(default_factory=dict)  # what the fitting dropped: memory items, history turns
     tool_calls: list[dict[str, str]] = Field(default_factory=list)  # {"tool", "result"}; never arguments
     reason: SkipReason | None = None

@@ -16,18 +16,28 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from shared import mock_llm, prompt, summary
 from shared.blueprints import pick_variant
-from shared.budget import estimate
-from shared.contracts import Blueprint, ChannelMessage, Invocation, Outcome, PromptVariant, SkipReason, Step
+from shared.budget import estimate, estimated_usage
+from shared.contracts import (
+    Blueprint,
+    ChannelMessage,
+    Invocation,
+    Outcome,
+    PromptVariant,
+    SkipReason,
+    Step,
+    TokenUsage,
+)
 from shared.errors import Busy, Failure
 from shared.idempotency import ClaimState, record_key, reply_digest
-from shared.infra import metrics
+from shared.infra import metrics, telemetry
 from shared.infra.deadline import Deadline
 from shared.infra.observability import StepTimer, log_outcome
-from shared.llm import ChatRequest, Completion
+from shared.llm import ChatRequest, Completion, Usage
 from shared.runtime import Runtime
 from shared.tools import BUILT_IN
 
@@ -262,22 +272,117 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
 
 
 async def ask_llm(run: Run, request: ChatRequest, agent: Blueprint) -> Completion:
-    """The LLM's next turn; the mock's once the LLM failed and the fallback is on (noted, counted)."""
+    """The LLM's next turn, its tokens counted; the mock's (which counts none) once the LLM failed and
+    the fallback is on, or once the agent spent its daily token budget (noted, counted)."""
     rt = run.rt
     if run.outcome.llm_source != "mock" and rt.llm.configured:  # with no LLM configured the mock is the provider
-        with run.step("llm", optional=rt.settings.llm.mock_fallback):
-            try:
-                completion = await rt.llm.complete(request, run.deadline)
-            except Failure:
-                metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "error").inc()
-                raise
-            metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "ok").inc()
-            run.outcome.llm_source = "llm"
-            return completion
+        if await within_budget(run):
+            completion = None
+            with run.step("llm", optional=rt.settings.llm.mock_fallback):
+                completion = await chat(run, request)
+            if completion is not None:
+                run.outcome.llm_source = "llm"
+                await spend(run, request.model, completion)
+                return completion
         metrics.child(metrics.MOCK_FALLBACKS, run.agent_id).inc()
     run.outcome.llm_source = "mock"
     tools = [t.name for t in request.tools if request.allow_tools]
     return mock_llm.complete(request.messages, tools, agent.name, gender=agent.gender, default_language=agent.language)
+
+
+async def chat(run: Run, request: ChatRequest) -> Completion:
+    """One LLM call in a span of the GenAI conventions: model, token counts and finish reason; message
+    text only when ``telemetry.record_content`` says. Usage the provider did not report is estimated."""
+    rt = run.rt
+    with telemetry.span(f"chat {request.model}", telemetry.CLIENT) as span:
+        if span.recording:
+            _describe_request(span, run, request)
+        try:
+            completion = await rt.llm.complete(request, run.deadline)
+        except Failure:
+            metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "error").inc()
+            raise
+        metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "ok").inc()
+        completion.usage = usage = completion.usage or estimated_usage(request, completion)
+        if span.recording:
+            _describe_completion(span, rt, completion, usage)
+    return completion
+
+
+def _describe_request(span: telemetry.Span, run: Run, request: ChatRequest) -> None:
+    """The GenAI attributes known before the call."""
+    for key, value in (
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.provider.name", run.rt.llm.system),
+        ("gen_ai.system", run.rt.llm.system),
+        ("gen_ai.request.model", request.model),
+        ("gen_ai.request.max_tokens", request.max_tokens),
+        ("gen_ai.request.temperature", request.temperature),
+        ("gen_ai.agent.id", run.agent_id),
+        ("gen_ai.conversation.id", run.channel_id),
+    ):
+        span.set(key, value)
+    if run.rt.settings.telemetry.record_content:
+        span.set("gen_ai.input.messages", json.dumps(request.messages, ensure_ascii=False))
+
+
+def _describe_completion(span: telemetry.Span, rt: Runtime, completion: Completion, usage: Usage) -> None:
+    """The GenAI attributes of the answer: the model, the tokens and why it stopped."""
+    span.set("gen_ai.response.model", completion.model)
+    span.set("gen_ai.usage.input_tokens", usage.input)
+    span.set("gen_ai.usage.output_tokens", usage.output)
+    span.set("agent_runtime.usage_estimated", usage.estimated)
+    if completion.finish_reason:
+        span.set("gen_ai.response.finish_reasons", [completion.finish_reason])
+    if rt.settings.telemetry.record_content:
+        span.set("gen_ai.output.messages", json.dumps([completion.as_message()], ensure_ascii=False))
+
+
+# --- tokens: usage, cost and the daily budget ------------------------------------------------
+
+BUDGET_TTL_S = 2 * 86400.0  # a day's counter outlives its day: a run that began before midnight still finds it
+
+
+def budget_key(agent_id: str) -> str:
+    """The counter of the agent's tokens today (UTC), beside the idempotency records."""
+    return f"tokens/{agent_id}/{datetime.now(UTC):%Y-%m-%d}"
+
+
+async def within_budget(run: Run) -> bool:
+    """False, and noted, once the agent spent its daily token budget. A counter that cannot be read
+    does not stop the agent (noted as ``budget_degraded``)."""
+    limit = run.rt.settings.llm.budget(run.agent_id)
+    if limit is None:
+        return True
+    if run.tokens_today is None:
+        with run.step("budget", optional=True):
+            run.tokens_today = await run.rt.idempotency.add_usage(budget_key(run.agent_id), 0, BUDGET_TTL_S)
+    if run.tokens_today is None or run.tokens_today < limit:
+        return True
+    run.outcome.notes.append("budget_exhausted")
+    return False
+
+
+async def spend(run: Run, requested_model: str, completion: Completion) -> None:
+    """Add a call's tokens to the outcome, the metrics (and cost, when its model is priced) and the
+    agent's daily counter (when it has a budget)."""
+    assert completion.usage is not None
+    cfg, usage = run.rt.settings.llm, completion.usage
+    so_far = run.outcome.usage
+    model = completion.model or requested_model
+    run.outcome.usage = TokenUsage(
+        input_tokens=usage.input + (so_far.input_tokens if so_far else 0),
+        output_tokens=usage.output + (so_far.output_tokens if so_far else 0),
+        model=model,
+        estimated=usage.estimated or bool(so_far and so_far.estimated),
+    )
+    price = cfg.prices.get(model) or cfg.prices.get(requested_model)
+    cost = (usage.input * price.input + usage.output * price.output) / 1e6 if price else None
+    metrics.record_tokens(run.agent_id, model, usage.input, usage.output, cost)
+    if cfg.budget(run.agent_id) is not None:
+        with run.step("budget", optional=True):
+            key = budget_key(run.agent_id)
+            run.tokens_today = await run.rt.idempotency.add_usage(key, usage.input + usage.output, BUDGET_TTL_S)
 
 
 # --- 5. delivery -----------------------------------------------------------------------------
@@ -344,6 +449,7 @@ class Run:
         self.claim: tuple[str, str] | None = None  # (record key, token) while this run owns it
         self.side_effects = False  # a tool may have acted: a failed run must not run again
         self.posting = False  # the reply was sent (or is being sent)
+        self.tokens_today: int | None = None  # the agent's daily counter as last read, when it has a budget
         self.outcome = Outcome(
             status="failed", agent_id=self.agent_id, entrypoint=invocation.entrypoint, channel_id=self.channel_id
         )
@@ -392,18 +498,21 @@ class Run:
 
 
 class RunStep:
-    """``with run.step(name):`` a class, not a generator: a run enters seven or more of them."""
+    """``with run.step(name):`` a class, not a generator: a run enters seven or more of them. Each is
+    a span too, when tracing is on; a failure, even an optional step's, marks it."""
 
-    __slots__ = ("name", "optional", "run", "started")
+    __slots__ = ("name", "optional", "run", "span", "started")
 
     def __init__(self, run: Run, name: Step, optional: bool) -> None:
         self.run, self.name, self.optional = run, name, optional
 
     def __enter__(self) -> None:
+        self.span = telemetry.span(self.name).__enter__()
         self.started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         self.run.timer.add(self.name, self.started)
+        self.span.__exit__(kind, exc, tb)
         if not isinstance(exc, Failure):
             return False
         if not self.optional:

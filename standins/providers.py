@@ -1,7 +1,8 @@
 """Fake LLM providers speaking their public APIs: OpenAI Chat Completions and Anthropic Messages.
 
 Each answers the next scripted turn (``script``: text, or a list of tool calls as (name, arguments))
-or else echoes the last user text, and checks the API key in the header its API uses.
+or else echoes the last user text, and checks the API key in the header its API uses. Answers carry
+the model asked for and a fixed ``usage`` in the API's own shape, unless ``report_usage`` is off.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ Turn = str | list[tuple[str, dict[str, Any]]]
 class _FakeProvider:
     key_header = ""
     key_prefix = ""
+    usage: dict[str, int] = {}  # what every answer says it spent, in the API's shape
 
     def __init__(self, path: str, key: str = "test-key") -> None:
         self.reset(key)
@@ -33,6 +35,7 @@ class _FakeProvider:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.script: list[Turn] = []
+        self.report_usage = True
 
     async def complete(self, request: Request) -> JSONResponse:
         if denied := await self.faults.apply("complete", request):
@@ -43,7 +46,10 @@ class _FakeProvider:
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         turn = self.script.pop(0) if self.script else f"LLM reply to: {self.last_user_text(body)}"
-        return JSONResponse(self.answer(turn))
+        answer = self.answer(turn)
+        if self.report_usage:
+            answer.update(model=body.get("model"), usage=self.usage)
+        return JSONResponse(answer)
 
     def last_user_text(self, body: dict[str, Any]) -> str:
         raise NotImplementedError
@@ -54,6 +60,7 @@ class _FakeProvider:
 
 class OpenAiStandIn(_FakeProvider):
     key_header, key_prefix = "authorization", "Bearer "
+    usage = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}
 
     def __init__(self, key: str = "test-key") -> None:
         super().__init__("/v1/chat/completions", key)
@@ -68,11 +75,14 @@ class OpenAiStandIn(_FakeProvider):
                 {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
                 for i, (n, a) in enumerate(turn)
             ]
-        return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": message}]}
+        finish = "stop" if isinstance(turn, str) else "tool_calls"
+        choice = {"index": 0, "message": message, "finish_reason": finish}
+        return {"id": "chatcmpl-1", "object": "chat.completion", "choices": [choice]}
 
 
 class AnthropicStandIn(_FakeProvider):
     key_header = "x-api-key"
+    usage = {"input_tokens": 33, "output_tokens": 9}
 
     def __init__(self, key: str = "test-key") -> None:
         super().__init__("/v1/messages", key)
@@ -94,4 +104,5 @@ class AnthropicStandIn(_FakeProvider):
             blocks: list[dict[str, Any]] = [{"type": "text", "text": turn}]
         else:
             blocks = [{"type": "tool_use", "id": f"toolu_{i}", "name": n, "input": a} for i, (n, a) in enumerate(turn)]
-        return {"id": "msg_1", "type": "message", "role": "assistant", "content": blocks, "stop_reason": "end_turn"}
+        stop = "end_turn" if isinstance(turn, str) else "tool_use"
+        return {"id": "msg_1", "type": "message", "role": "assistant", "content": blocks, "stop_reason": stop}

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from shared.clients import transport
 from shared.contracts import FailureKind
 from shared.errors import DependencyError
-from shared.infra import backoff, jsoncodec
+from shared.infra import backoff, jsoncodec, telemetry
 from shared.infra.deadline import Deadline
 
 if TYPE_CHECKING:
@@ -137,16 +137,23 @@ class Endpoint:
         url = self._base + path + ("?" + urlencode(params, errors="ignore") if params else "")
         body = None if json_body is None else jsoncodec.dumps(json_body)
         headers = self._headers if json_body is None else self._json_headers
-        try:
-            reply = await transport.for_url(url).send(method, url, headers, body, timeout, MAX_RESPONSE_BYTES)
-        except transport.TooLarge:
-            raise DependencyError(self.name, "bad_response", "answer too large", retryable=False) from None
-        except transport.Timeout as exc:
-            raise DependencyError(self.name, "timeout", str(exc), retryable=True) from None
-        except transport.TransportError as exc:
-            raise DependencyError(self.name, "unavailable", str(exc), retryable=True, sent=exc.sent) from None
-        if reply.status >= 400:
-            raise _status_error(self.name, reply.status, reply.retry_after)
+        with telemetry.span(f"{method} {self.name}", telemetry.CLIENT) as span:
+            if span.recording:  # the query (a post's text) stays out
+                span.set("http.request.method", method)
+                span.set("url.full", self._base + path)
+                span.set("peer.service", self.name)
+            headers = span.inject(headers)  # the service called joins the trace (or learns it is not sampled)
+            try:
+                reply = await transport.for_url(url).send(method, url, headers, body, timeout, MAX_RESPONSE_BYTES)
+            except transport.TooLarge:
+                raise DependencyError(self.name, "bad_response", "answer too large", retryable=False) from None
+            except transport.Timeout as exc:
+                raise DependencyError(self.name, "timeout", str(exc), retryable=True) from None
+            except transport.TransportError as exc:
+                raise DependencyError(self.name, "unavailable", str(exc), retryable=True, sent=exc.sent) from None
+            span.set("http.response.status_code", reply.status)
+            if reply.status >= 400:
+                raise _status_error(self.name, reply.status, reply.retry_after)
         if not reply.body:
             return None
         try:

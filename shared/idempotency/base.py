@@ -32,9 +32,10 @@ class Claim:
     # IN_PROGRESS: seconds until the record expires. A retry sooner than that finds it in progress
     # again; a retry then answers even if its owner crashed.
     expires_in_s: float = 1.0
-    # NEW over an expired record whose owner had begun to post (and then died, or lost the store):
-    # the digest (reply_digest) of the reply that may be in the channel.
-    posted: str | None = None
+    # NEW over an expired record whose owners had begun to post (and then died, lost the store, or
+    # were not told whether the post landed): the digests (reply_digest) of the replies that may be
+    # in the channel. A record taken over keeps them, so no later run forgets one.
+    posted: tuple[str, ...] = ()
 
 
 class IdempotencyStore(Protocol):
@@ -56,6 +57,10 @@ class IdempotencyStore(Protocol):
         """The owner gives the record back unanswered. One it marked as posting stays, expired, so
         whoever claims it next is told (``Claim.posted``) and looks for the reply before posting."""
 
+    async def add_usage(self, key: str, tokens: int, ttl_s: float) -> int:
+        """Add ``tokens`` to the counter ``key`` (made at zero, kept at least ``ttl_s``) and return its
+        total, atomically: an agent's tokens of a day, shared wherever the records are."""
+
 
 def new_token() -> str:
     """Proof of owning a claim: random, and cheaper than a UUID object."""
@@ -63,6 +68,15 @@ def new_token() -> str:
 
 
 REPLY_PREFIX = 64  # characters of a reply its digest covers
+MAX_MARKERS = 8  # digests a record keeps: one per run that began to post
+
+
+def marked(kept: tuple[str, ...] | list[str] | str | None, digest: str | None = None) -> tuple[str, ...]:
+    """A record's digests (a record written before lists were kept holds one string), plus ``digest``."""
+    digests = (kept,) if isinstance(kept, str) else tuple(kept or ())
+    if digest is not None and digest not in digests:
+        digests = (*digests, digest)
+    return digests[-MAX_MARKERS:]
 
 
 def reply_digest(text: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import DependencyError
-from shared.idempotency.base import Claim, ClaimState, new_token
+from shared.idempotency.base import Claim, ClaimState, marked, new_token
 
 if TYPE_CHECKING:
     from shared.infra.settings import Settings
@@ -39,6 +39,7 @@ _NAMES = {
     "#token": "token",
     "#result": "result",
     "#posting": "posting",
+    "#tokens": "tokens",
 }
 # Errors that no retry fixes: the table or the permission is missing, or the request is wrong.
 _FINAL = {
@@ -58,8 +59,8 @@ class DynamoDbStore:
         self.table = table
         self._clock = clock  # wall time: containers on different hosts compare expiries
         self._client: Any = None
-        self._marked: set[tuple[str, str]] = set()
-        self.failing: str | None = None  # (key, token) this process marked as posting
+        self._marked: dict[tuple[str, str], tuple[str, ...]] = {}  # (key, token) -> the digests its record keeps
+        self.failing: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> DynamoDbStore:
@@ -95,11 +96,28 @@ class DynamoDbStore:
             expires = float(expiry.get("N", now + 1))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires - now)
         old = answer.get("Attributes", {})
-        posted = old.get("posting", {}).get("S") if old.get("state", {}).get("S") == "in_progress" else None
+        posted = _digests(old.get("posting")) if old.get("state", {}).get("S") == "in_progress" else ()
+        if posted:  # what its owners began to post stays marked on the record taken over
+            self._marked[(key, token)] = posted
+            await self._write_markers(key, token, posted)
         return Claim(ClaimState.NEW, token=token, posted=posted)
+
+    async def _write_markers(self, key: str, token: str, digests: tuple[str, ...]) -> None:
+        try:
+            await self._call(
+                "update_item",
+                Key={KEY_ATTRIBUTE: {"S": key}},
+                UpdateExpression="SET #posting = :digests",
+                ConditionExpression="#token = :token",
+                ExpressionAttributeNames=_names("#posting", "#token"),
+                ExpressionAttributeValues={":digests": _list(digests), ":token": {"S": token}},
+            )
+        except _ConditionFailed:
+            pass  # taken over already: its taker carried them
 
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         now = self._clock()
+        digests = marked(self._marked.get((key, token)), digest)
         try:
             await self._call(
                 "update_item",
@@ -108,7 +126,7 @@ class DynamoDbStore:
                 ConditionExpression="#token = :token",  # still ours, expired or not: renewed
                 ExpressionAttributeNames=_names("#posting", "#live", "#expires", "#token"),
                 ExpressionAttributeValues={
-                    ":digest": {"S": digest},
+                    ":digest": _list(digests),
                     ":live": {"N": str(now + ttl_s)},
                     ":expires": {"N": str(math.ceil(now + ttl_s + IN_PROGRESS_GRACE_S))},
                     ":token": {"S": token},
@@ -116,11 +134,11 @@ class DynamoDbStore:
             )
         except _ConditionFailed:
             return False  # taken over: not ours to post for
-        self._marked.add((key, token))
+        self._marked[(key, token)] = digests
         return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
-        self._marked.discard((key, token))
+        self._marked.pop((key, token), None)
         now = self._clock()
         try:
             await self._call(
@@ -148,8 +166,7 @@ class DynamoDbStore:
             "ExpressionAttributeValues": {":token": {"S": token}},
         }
         try:
-            if (key, token) in self._marked:  # a reply may be out: expire it, marker and all
-                self._marked.discard((key, token))
+            if self._marked.pop((key, token), None):  # a reply may be out: expire it, markers and all
                 condition["ExpressionAttributeNames"].update(_names("#live"))
                 condition["ExpressionAttributeValues"][":past"] = {"N": "0"}
                 await self._call("update_item", UpdateExpression="SET #live = :past", **condition)
@@ -157,6 +174,21 @@ class DynamoDbStore:
                 await self._call("delete_item", **condition)
         except _ConditionFailed:
             pass
+
+    async def add_usage(self, key: str, tokens: int, ttl_s: float) -> int:
+        """An atomic ADD to the counter's item; the table's TTL removes it once ``ttl_s`` has passed."""
+        answer = await self._call(
+            "update_item",
+            Key={KEY_ATTRIBUTE: {"S": key}},
+            UpdateExpression="SET #expires = if_not_exists(#expires, :expires) ADD #tokens :tokens",
+            ExpressionAttributeNames=_names("#expires", "#tokens"),
+            ExpressionAttributeValues={
+                ":tokens": {"N": str(tokens)},
+                ":expires": {"N": str(math.ceil(self._clock() + ttl_s))},
+            },
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(answer["Attributes"]["tokens"]["N"])
 
     async def probe(self) -> None:
         await self._call("describe_table")
@@ -184,6 +216,19 @@ class DynamoDbStore:
             config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 3})
             self._client = boto3.client("dynamodb", config=config)
         return self._client
+
+
+def _digests(attribute: dict[str, Any] | None) -> tuple[str, ...]:
+    """A record's digests: a list, or one string (written before lists were kept)."""
+    if not attribute:
+        return ()
+    if "S" in attribute:
+        return (attribute["S"],)
+    return tuple(item["S"] for item in attribute.get("L", []) if "S" in item)
+
+
+def _list(digests: tuple[str, ...]) -> dict[str, Any]:
+    return {"L": [{"S": digest} for digest in digests]}
 
 
 def _names(*placeholders: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from shared.idempotency.base import Claim, ClaimState, new_token
+from shared.idempotency.base import Claim, ClaimState, marked, new_token
 
 if TYPE_CHECKING:
     from shared.infra.settings import Settings
@@ -17,7 +17,7 @@ class _Record(NamedTuple):
     token: str
     expires_at: float  # time.monotonic()
     result: dict[str, Any] | None = None
-    posting: str | None = None  # the owner began to post the reply with this digest
+    posting: tuple[str, ...] = ()  # the digests of replies its owners began to post
 
 
 class InProcessStore:
@@ -28,6 +28,7 @@ class InProcessStore:
     def __init__(self, max_records: int = 100_000) -> None:
         self.max_records = max_records
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._usage: dict[str, tuple[int, float]] = {}  # counter -> (total, expires_at)
 
     @classmethod
     def from_settings(cls, s: Settings) -> InProcessStore:
@@ -39,8 +40,8 @@ class InProcessStore:
         if record is not None and record.expires_at > now:
             return Claim(record.state, result=record.result, expires_in_s=record.expires_at - now)
         token = new_token()
-        self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s))
-        posted = record.posting if record is not None and record.state is ClaimState.IN_PROGRESS else None
+        posted = record.posting if record is not None and record.state is ClaimState.IN_PROGRESS else ()
+        self._put(key, _Record(ClaimState.IN_PROGRESS, token, now + in_progress_ttl_s, posting=posted))
         return Claim(ClaimState.NEW, token=token, posted=posted)
 
     async def probe(self) -> None:
@@ -49,7 +50,10 @@ class InProcessStore:
     async def posting(self, key: str, token: str, ttl_s: float, digest: str) -> bool:
         if not self._owned(key, token):
             return False
-        self._records[key] = self._records[key]._replace(posting=digest, expires_at=time.monotonic() + ttl_s)
+        record = self._records[key]
+        self._records[key] = record._replace(
+            posting=marked(record.posting, digest), expires_at=time.monotonic() + ttl_s
+        )
         return True
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
@@ -60,10 +64,19 @@ class InProcessStore:
         if not self._owned(key, token):
             return
         record = self._records[key]
-        if record.posting is None:
+        if not record.posting:
             del self._records[key]
         else:  # a reply may be out: the next claim takes the record over, marker and all
             self._records[key] = record._replace(expires_at=0.0)
+
+    async def add_usage(self, key: str, tokens: int, ttl_s: float) -> int:
+        now = time.monotonic()
+        total, expires_at = self._usage.get(key, (0, 0.0))
+        if expires_at <= now:  # a new counter (a new day's): the expired ones go
+            self._usage = {k: v for k, v in self._usage.items() if v[1] > now}
+            total, expires_at = 0, now + ttl_s
+        self._usage[key] = (total + tokens, expires_at)
+        return total + tokens
 
     def _owned(self, key: str, token: str) -> bool:
         record = self._records.get(key)

@@ -14,12 +14,12 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from shared.errors import DependencyError
-from shared.idempotency.base import Claim, ClaimState, new_token
+from shared.idempotency.base import Claim, ClaimState, marked, new_token
 from shared.infra import jsoncodec
-from shared.infra.jetstream import ensure_replicas
+from shared.infra.jetstream import Patient, ensure_replicas
 from shared.infra.nats_connect import NatsRefused, connect, connect_options
 
 if TYPE_CHECKING:
@@ -70,7 +70,8 @@ class NatsKvStore:
         if mine is None:
             return False
         # compare-and-set on this process's last revision: renewed if nobody took it over, expired or not
-        renewed = {**mine[1], "posting": digest, "expires_at": time.time() + ttl_s}
+        posting = list(marked(mine[1].get("posting"), digest))
+        renewed = {**mine[1], "posting": posting, "expires_at": time.time() + ttl_s}
         return await self._write(_name(key), token, renewed)
 
     async def complete(self, key: str, token: str, result: dict[str, Any], ttl_s: float) -> None:
@@ -160,18 +161,24 @@ class NatsKvStore:
             except KeyWrongLastSequenceError:
                 return Claim(ClaimState.IN_PROGRESS)
         current = json.loads(entry.value or b"{}")
+        if current.get("token") == token:  # our own create, done though its answer was lost (and repeated)
+            self._owned[(name, token)] = (entry.revision, record)
+            return Claim(ClaimState.NEW, token=token)
         expires_in_s = current.get("expires_at", 0) - time.time()
         if expires_in_s > 0:
             if current.get("state") == "complete":
                 return Claim(ClaimState.COMPLETE, result=current.get("result"))
             return Claim(ClaimState.IN_PROGRESS, expires_in_s=expires_in_s)
-        try:  # expired: take it over, unless someone else just did
+        # expired: take it over, unless someone else just did; what its owners began to post stays marked
+        posted = marked(current.get("posting")) if current.get("state") == "in_progress" else ()
+        if posted:
+            record = {**record, "posting": list(posted)}
+        try:
             self._owned[(name, token)] = (
                 await kv.update(name, jsoncodec.dumps(record), last=entry.revision),
                 record,
             )
-            posted = current.get("posting") if current.get("state") == "in_progress" else None
-            return Claim(ClaimState.NEW, token=token, posted=posted if isinstance(posted, str) else None)
+            return Claim(ClaimState.NEW, token=token, posted=posted)
         except KeyWrongLastSequenceError:
             return Claim(ClaimState.IN_PROGRESS)
 
@@ -234,7 +241,7 @@ class NatsKvStore:
             kv = await js.create_key_value(bucket=self.bucket, history=1, ttl=self.max_age_s, replicas=self.replicas)
         else:
             await ensure_replicas(js, (await js.stream_info(f"KV_{self.bucket}")).config, self.replicas)
-        return nc, kv
+        return nc, cast("KeyValue", Patient(kv))  # in a cluster, a node's death: seconds of latency, not failures
 
 
 USAGE_ATTEMPTS = 32  # compare-and-set rounds of one add_usage before it gives up

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.llm.anthropic import AnthropicProvider
-from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, ToolSpec
+from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, ToolSpec, Usage
 from shared.llm.openai import OpenAiProvider
 from shared.llm.proxy import ProxyProvider
 
@@ -21,7 +21,7 @@ PROVIDERS: dict[str, type[Provider]] = {
     "anthropic": AnthropicProvider,
 }
 
-__all__ = ["PROVIDERS", "ChatRequest", "Completion", "Provider", "ToolCall", "ToolSpec", "build"]
+__all__ = ["PROVIDERS", "ChatRequest", "Completion", "Provider", "ToolCall", "ToolSpec", "Usage", "build"]
 
 
 def build(s: LlmSettings) -> Provider:

@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 from shared.clients.http import Endpoint
-from shared.llm.base import ChatRequest, Completion, Provider, ToolCall
+from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, reported_usage, text_or_none
 
 
 class AnthropicProvider(Provider):
     """Anthropic's Messages API: POST {base}/v1/messages, system apart, tool_use/tool_result blocks."""
 
     name = "anthropic"
+    system = "anthropic"
     path = "/v1/messages"
     probe_path = "/v1/models"
     native_tools = True
@@ -63,7 +64,13 @@ class AnthropicProvider(Provider):
             for b in blocks
             if isinstance(b, dict) and b.get("type") == "tool_use"
         ]
-        return Completion(text, calls)
+        return Completion(
+            text,
+            calls,
+            reported_usage(data, "input_tokens", "output_tokens"),
+            text_or_none(data.get("model")),
+            text_or_none(data.get("stop_reason")),
+        )
 
 
 def _anthropic_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:

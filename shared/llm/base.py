@@ -33,10 +33,22 @@ class ToolCall:
     arguments: dict[str, Any] | None  # None: the model sent arguments that are not a JSON object
 
 
+@dataclass(frozen=True)
+class Usage:
+    """The tokens one call spent: as the provider reported them, or estimated."""
+
+    input: int
+    output: int
+    estimated: bool = False
+
+
 @dataclass
 class Completion:
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage | None = None  # None: the provider did not report it
+    model: str | None = None  # the model that answered, as the provider named it
+    finish_reason: str | None = None
 
     def as_message(self) -> dict[str, Any]:
         """The assistant turn that asked for the tools, to send back with their results."""
@@ -67,9 +79,10 @@ class ChatRequest:
 
 
 class Provider:
-    """One LLM API over HTTP: ``body()`` builds its request, ``parse()`` reads its answer."""
+    """One LLM API over HTTP: ``body()`` builds its request, ``parse()`` reads its answer (usage included)."""
 
     name: str
+    system: str  # gen_ai.provider.name on the LLM span
     path: str  # where completions are asked for
     probe_path: str  # what deep health asks
     native_tools = False  # True: tools travel as API fields, not in the system prompt
@@ -105,3 +118,19 @@ class Provider:
     def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
         """The answer as a completion; None when it is not of the API's shape."""
         raise NotImplementedError
+
+
+def reported_usage(data: dict[str, Any], input_key: str, output_key: str) -> Usage | None:
+    """An answer's ``usage``, when it holds both counts as non-negative integers (an answer is untrusted)."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    spent_in, spent_out = usage.get(input_key), usage.get(output_key)
+    if type(spent_in) is not int or type(spent_out) is not int or spent_in < 0 or spent_out < 0:
+        return None
+    return Usage(spent_in, spent_out)
+
+
+def text_or_none(value: Any) -> str | None:
+    """A non-empty string field of an answer, else None."""
+    return value if isinstance(value, str) and value else None

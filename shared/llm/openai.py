@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 from shared.clients.http import Endpoint
-from shared.llm.base import ChatRequest, Completion, Provider, ToolCall
+from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, reported_usage, text_or_none
 
 
 class OpenAiProvider(Provider):
     """POST {base}/chat/completions; the API key as a Bearer token."""
 
     name = "openai"
+    system = "openai"
     path = "/chat/completions"
     probe_path = "/models"
     native_tools = True
@@ -46,8 +47,10 @@ class OpenAiProvider(Provider):
 
 
 def openai_completion(data: dict[str, Any]) -> Completion | None:
+    """A Chat Completions answer: the first choice, its tool calls, the usage and the model."""
     try:
-        message = data["choices"][0]["message"]
+        choice = data["choices"][0]
+        message = choice["message"]
     except (KeyError, IndexError, TypeError):
         return None
     if not isinstance(message, dict):
@@ -68,4 +71,10 @@ def openai_completion(data: dict[str, Any]) -> Completion | None:
             ToolCall(str(call.get("id")), function["name"], arguments if isinstance(arguments, dict) else None)
         )
     content = message.get("content")
-    return Completion(content if isinstance(content, str) else "", calls)
+    return Completion(
+        content if isinstance(content, str) else "",
+        calls,
+        reported_usage(data, "prompt_tokens", "completion_tokens"),
+        text_or_none(data.get("model")),
+        text_or_none(choice.get("finish_reason")),
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from shared.clients.http import Endpoint
-from shared.llm.base import ChatRequest, Completion, Provider
+from shared.llm.base import ChatRequest, Completion, Provider, reported_usage, text_or_none
 from shared.llm.openai import openai_completion
 from shared.llm.text_tools import parse_tool_lines, plain_turn
 
 
 class ProxyProvider(Provider):
     name = "proxy"
+    system = "llm-proxy"
     path = "/internal/llm/proxy"
     probe_path = "/internal/llm/models"
 
@@ -30,10 +31,17 @@ class ProxyProvider(Provider):
         }
 
     def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
-        """The flat llm-proxy answer, or an OpenAI-style one; this run's tool lines become tool calls."""
+        """The flat llm-proxy answer (``usage``, ``model_resolved``), or an OpenAI-style one; this run's
+        tool lines become tool calls."""
         if isinstance(data.get("content"), str):
-            return parse_tool_lines(data["content"], request.tool_marker)
-        completion = openai_completion(data)
-        if completion is not None and not completion.tool_calls:
-            return parse_tool_lines(completion.text, request.tool_marker)
+            completion = parse_tool_lines(data["content"], request.tool_marker)
+        else:
+            completion = openai_completion(data)
+            if completion is None:
+                return None
+            if not completion.tool_calls:
+                lines = parse_tool_lines(completion.text, request.tool_marker)
+                completion.text, completion.tool_calls = lines.text, lines.tool_calls
+        completion.usage = reported_usage(data, "prompt_tokens", "completion_tokens")
+        completion.model = text_or_none(data.get("model_resolved")) or text_or_none(data.get("model"))
         return completion
