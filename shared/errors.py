@@ -33,11 +33,13 @@ class DependencyError(Failure):
         retryable: bool,
         sent: bool = True,
         retry_after: float | None = None,
+        uncertain: bool = False,
     ) -> None:
         self.dependency = dependency
         super().__init__(kind, message, retryable=retryable, retry_after=retry_after)
         self.status = status
         self.sent = sent  # False only when the request provably never reached the service
+        self.uncertain = uncertain  # it may have taken effect though the answer does not say so
 
 
 class Busy(Failure):

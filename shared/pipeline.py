@@ -32,7 +32,7 @@ from shared.contracts import (
     Step,
     TokenUsage,
 )
-from shared.errors import Busy, Failure
+from shared.errors import Busy, DependencyError, Failure
 from shared.idempotency import ClaimState, record_key, reply_digest
 from shared.infra import metrics, telemetry
 from shared.infra.deadline import Deadline
@@ -50,6 +50,8 @@ async def answer(
     # One channel's invocations are answered in arrival order; other channels run in parallel.
     async with rt.locks.hold(f"{run.agent_id}/{run.channel_id}"):
         run.deadline = Deadline(rt.settings.runtime.deadline_s)  # from its turn: the wait for the lock is not spent
+        # memory, the LLM and the tools end early enough to leave the post its own timeout
+        run.thinking = run.deadline.before(min(rt.settings.messaging.timeout_s, rt.settings.runtime.deadline_s / 4))
         outcome = await _phases(run)
     log_outcome(outcome, delivery_id=delivery_id, **log_fields)
     metrics.record(outcome)
@@ -69,7 +71,12 @@ async def _phases(run: Run) -> Outcome:
     except StepFailed as failure:
         if run.side_effects:
             await run.finish_claim()  # a tool acted: never act twice, even if the reply is lost
-        # else the claim is released below; an uncertain post's marker stays for the retry to look
+        elif failure.step == "post" and isinstance(failure.error, DependencyError) and failure.error.uncertain:
+            # the post may still land: the record stays marked and busy a while, so the retry looks
+            # for the reply only once it could be there
+            messaging = run.rt.settings.messaging
+            failure.error.retry_after = await run.hold_claim(messaging.timeout_s + messaging.post_settle_s)
+        # else the claim is released below
         return run.failed(failure.step, failure.error)
     except Busy as busy:  # another run owns the message (or took it over)
         return run.failed("idempotency", busy)
@@ -110,7 +117,7 @@ class Task:
     asked: str  # what memory is queried with and the mock answers
     final: dict[str, Any]  # the prompt's last turn
     history: list[ChannelMessage]  # before the trigger
-    since: list[ChannelMessage]  # after the trigger: where a dead run's reply would be
+    since: list[ChannelMessage]  # after the trigger (or the firing): where an earlier run's reply would be
     trigger: ChannelMessage | None = None
 
 
@@ -125,7 +132,8 @@ async def what_to_answer(run: Run, blueprint: Blueprint) -> Task:
             raise Skip("nothing_to_do")  # nobody said anything to summarise
         asked = payload.instruction or summary.REQUEST.get(blueprint.language or "en", summary.REQUEST["en"])
         final = {"role": "user", "content": asked[: cfg.max_text_chars]}
-        return Task(record_key(run.agent_id, payload.schedule_key()), asked, final, history, [])
+        fired = [m for m in history if payload.fire_time is None or m.created_at >= payload.fire_time]
+        return Task(record_key(run.agent_id, payload.schedule_key()), asked, final, history, fired)
     trigger = find_trigger(history, str(payload.message_id or "") or None, payload.matrix_event_id)
     if trigger is None:
         raise Skip("trigger_not_found" if payload.message_id or payload.matrix_event_id else "no_human_message")
@@ -173,19 +181,17 @@ async def claim(run: Run, task: Task) -> None:
         # owner died and the retry answers it. Sooner would only find it busy again.
         raise Busy("this message is being answered right now", retry_after=max(1.0, claimed.expires_in_s))
     run.claim = (task.key, claimed.token)
-    if claimed.posted is None:
+    if not claimed.posted:
         return
-    # The run before this one died (or lost the store) while posting. Its reply is in the channel
-    # if the agent said it after the trigger; a schedule's run has no trigger to look after, so it
-    # is not posted again: never two replies.
+    # Runs before this one began to post and died, lost the store, or were not told whether the post
+    # landed. A reply of theirs is in the channel if the agent said it after the trigger (a schedule's:
+    # after it fired): found, this run is a duplicate; not found, it answers.
     earlier = next(
-        (m for m in task.since if m.sender_id == run.agent_id and reply_digest(m.text) == claimed.posted), None
+        (m for m in task.since if m.sender_id == run.agent_id and reply_digest(m.text) in claimed.posted), None
     )
-    if earlier is not None or task.trigger is None:
-        run.outcome.message_id = earlier.id if earlier else None
-        run.outcome.notes.append(
-            "recovered: an earlier run posted this reply" if earlier else "recovered: an earlier run may have posted"
-        )
+    if earlier is not None:
+        run.outcome.message_id = earlier.id
+        run.outcome.notes.append("recovered: an earlier run posted this reply")
         await run.finish_claim()
         raise Skip("duplicate")
 
@@ -206,7 +212,7 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
                 channel_id=run.channel_id,
                 query=task.asked[: cfg.runtime.max_text_chars],
                 k=blueprint.memory.top_k,
-                deadline=run.deadline,
+                deadline=run.thinking,
             )
 
     # Instructions and the final turn always, then memory, then history newest first.
@@ -258,7 +264,7 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         if not completion.tool_calls or round_ == rounds:
             break
         with run.step("tools"):
-            messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, run.deadline)]
+            messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, run.thinking)]
         run.side_effects = toolbox.side_effects
     if toolbox.capped:
         run.outcome.notes.append(f"tool_calls_capped: {toolbox.capped} not run")
@@ -298,7 +304,7 @@ async def chat(run: Run, request: ChatRequest) -> Completion:
         if span.recording:
             _describe_request(span, run, request)
         try:
-            completion = await rt.llm.complete(request, run.deadline)
+            completion = await rt.llm.complete(request, run.thinking)
         except Failure:
             metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "error").inc()
             raise
@@ -394,7 +400,8 @@ async def deliver(run: Run, task: Task, blueprint: Blueprint, reply: str) -> Non
     rt, token = run.rt, run.claim[1] if run.claim else ""
     with run.step("idempotency"):
         ttl = rt.settings.runtime.idempotency_in_progress_ttl_s
-        ours = await rt.idempotency.posting(task.key, token, ttl, reply_digest(reply))
+        run.digest = reply_digest(reply)
+        ours = await rt.idempotency.posting(task.key, token, ttl, run.digest)
     if not ours:  # this run stalled past its claim's TTL and another took the message over
         raise Busy("another run took the message over before this one posted; it answers", retry_after=1.0)
     run.posting = True
@@ -444,10 +451,11 @@ class Run:
         self.agent_id = invocation.agent_id
         self.channel_id = str(payload.channel_id)
         self.microdao_id = payload.microdao_id or rt.settings.runtime.default_microdao_id
-        self.deadline = Deadline(rt.settings.runtime.deadline_s)
+        self.deadline = self.thinking = Deadline(rt.settings.runtime.deadline_s)
         self.timer = StepTimer()
         self.claim: tuple[str, str] | None = None  # (record key, token) while this run owns it
         self.side_effects = False  # a tool may have acted: a failed run must not run again
+        self.digest: str | None = None  # of the reply this run began to post
         self.posting = False  # the reply was sent (or is being sent)
         self.tokens_today: int | None = None  # the agent's daily counter as last read, when it has a budget
         self.outcome = Outcome(
@@ -481,6 +489,16 @@ class Run:
                 await self.rt.idempotency.complete(
                     key, token, result, self.rt.settings.runtime.idempotency_complete_ttl_s
                 )
+
+    async def hold_claim(self, seconds: float) -> float:
+        """Keep the marked record busy for ``seconds`` and let it go: a retry takes it over then and
+        looks for this run's reply first. The wait a retry should honour."""
+        if self.claim and self.digest:
+            key, token = self.claim
+            self.claim = None
+            with self.step("idempotency", optional=True):
+                await self.rt.idempotency.posting(key, token, seconds, self.digest)
+        return seconds
 
     async def release_claim(self) -> None:
         """A run that did not post gives its message back, so a retry can answer it (or, if the

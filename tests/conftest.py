@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import uuid
@@ -160,3 +161,13 @@ def invocation(channel_id: str, **payload) -> dict:
         "entrypoint": payload.pop("entrypoint", "channel_message"),
         "payload": {"channel_id": channel_id, "microdao_id": "microdao:daarion", **payload},
     }
+
+
+async def send_again(client, body: dict, lapse=asyncio.sleep):
+    """The caller's retry as a transport makes it: once more, after the Retry-After of a busy message
+    (``lapse`` lets that time pass, as the store counts it)."""
+    response = await client.post("/invoke", json=body)
+    if response.status_code == 409:
+        await lapse(float(response.headers["retry-after"]))
+        response = await client.post("/invoke", json=body)
+    return response

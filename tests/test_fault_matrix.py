@@ -31,7 +31,7 @@ from shared import runtime
 from shared.clients.memory import MemoryClient
 from shared.clients.messaging import MessagingClient
 from standins.server import Fault
-from tests.conftest import invocation
+from tests.conftest import invocation, send_again
 from tests.runner_support import eventually
 
 DEADLINE_S = 4.0
@@ -188,6 +188,7 @@ async def test_fault_matrix(stack, configure, client, dependency, fault):
         AGENT_RUNTIME__AGENTS__TIMEOUT_S=TIMEOUT_S,
         AGENT_RUNTIME__TOOLS__TIMEOUT_S=TIMEOUT_S,
         AGENT_RUNTIME__TOOLS__PDP_TIMEOUT_S=TIMEOUT_S,
+        AGENT_RUNTIME__MESSAGING__POST_SETTLE_S="0",
         **dict(dep.env),
     )
     expected, calls = EXPECTED[dependency][fault]
@@ -235,7 +236,7 @@ async def test_fault_matrix(stack, configure, client, dependency, fault):
     if restore:
         restore()
     standin.faults.clear()
-    again = await asyncio.wait_for(client.post("/invoke", json=body), DEADLINE_S + 2)
+    again = await asyncio.wait_for(send_again(client, body), DEADLINE_S + 4)
     assert again.status_code == 200
     await eventually(lambda: len(stack.messaging.replies_to(channel)) >= 1, timeout_s=5, what="the reply")
     assert len(stack.messaging.replies_to(channel)) == 1  # answered exactly once: never twice, never none

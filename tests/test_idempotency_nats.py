@@ -77,7 +77,7 @@ async def test_taking_over_a_claim_whose_owner_began_posting_says_which_reply(st
     await asyncio.sleep(0.1)  # both expire
 
     taken = await second.claim("agent:sofia/m6", 60)
-    assert taken.state is ClaimState.NEW and taken.posted == "digest-6"
+    assert taken.state is ClaimState.NEW and taken.posted == ("digest-6",)
     assert not await first.posting("agent:sofia/m6", posting.token, 60, "late")  # taken over: must not post
     # expired but nobody took it over: still the owner's, renewed
     assert await first.posting("agent:sofia/m5", unclaimed.token, 60, "digest-5")

@@ -111,5 +111,5 @@ def _uncertain(kind: FailureKind, what: str) -> DependencyError:
     # The request reached the service, so the reply may be in the channel: a retry looks for it
     # (the record is marked) and posts only if it is not there.
     return DependencyError(
-        "messaging", kind, f"post {what}; the reply may be posted: a retry looks first", retryable=True
+        "messaging", kind, f"post {what}; the reply may be posted: a retry looks first", retryable=True, uncertain=True
     )

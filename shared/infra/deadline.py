@@ -12,6 +12,12 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.expires - time.monotonic())
 
+    def before(self, seconds: float) -> Deadline:
+        """A deadline ``seconds`` earlier: what comes after it keeps that much time."""
+        earlier = Deadline(0)
+        earlier.expires = self.expires - seconds
+        return earlier
+
     def cap(self, timeout: float) -> float:
         """A call's timeout, shortened so that it ends by the deadline."""
         return min(timeout, self.remaining())

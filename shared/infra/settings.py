@@ -46,6 +46,9 @@ class MessagingSettings(ServiceSettings):
     history_limit: int = Field(50, ge=1, le=200)
     # auto: the deployed form first, the other once on a 422 (nothing was posted), then whichever worked
     post_style: Literal["auto", "body", "query"] = "auto"  # body: the seed's form | query: the deployed service's
+    # a post whose fate is unknown keeps its message busy this long past its timeout, so the retry
+    # looks for the reply once it could be in the channel
+    post_settle_s: float = Field(2.0, ge=0)
 
 
 class MemorySettings(ServiceSettings):
