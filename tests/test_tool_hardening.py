@@ -103,3 +103,13 @@ async def test_an_empty_last_round_is_answered_by_the_mock_and_the_outcome_says_
 
     assert outcome["llm_source"] == "mock" and "llm_empty_reply" in outcome["notes"]
     assert stack.messaging.replies_to(channel)[0]["text"]
+
+
+async def test_the_marker_never_reaches_the_channel(stack, client):
+    """A marker mid-line asks for nothing, and is not posted either."""
+    stack.llm.script = ['Sure: {tool} create_task {"title": "x"} is what I would do.']
+
+    channel, outcome = await _ask(stack, client)
+
+    posted = stack.messaging.replies_to(channel)[0]["text"]
+    assert outcome["tool_calls"] == [] and posted.startswith("Sure:") and "TOOL[" not in posted

@@ -17,6 +17,7 @@ from typing import Any
 from shared.llm.base import Completion, ToolCall, ToolSpec
 
 _NAME = r"([A-Za-z_][\w.-]*)"
+_EMPTY_FENCE = re.compile(r"```[A-Za-z]*\s*```")
 
 
 def new_marker() -> str:
@@ -36,7 +37,7 @@ def text_protocol(tools: list[ToolSpec], marker: str) -> str:
     return "\n".join(lines)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=64)  # a run parses each round with its one marker
 def _pattern(marker: str) -> re.Pattern[str]:
     return re.compile(rf"^[ \t]*{re.escape(marker)}[ \t]*{_NAME}[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 
@@ -53,7 +54,9 @@ def parse_tool_lines(text: str, marker: str | None) -> Completion:
         except ValueError:
             arguments = None
         calls.append(ToolCall(f"call_{index}", match.group(1), arguments if isinstance(arguments, dict) else None))
-    return Completion(pattern.sub("", text).strip(), calls)
+    # the marker never reaches the channel: not where it stood mid-line, nor a fence left empty
+    rest = _EMPTY_FENCE.sub("", pattern.sub("", text).replace(marker, ""))
+    return Completion(rest.strip(), calls)
 
 
 def plain_turn(message: dict[str, Any], marker: str | None) -> dict[str, str]:
