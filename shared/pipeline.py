@@ -261,7 +261,10 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
             tool_marker=None if native else toolbox.marker,
         )
         completion = await ask_llm(run, request, blueprint)
-        if not completion.tool_calls or round_ == rounds:
+        if not completion.tool_calls:
+            break
+        if round_ == rounds:  # no round left to run them in: not run, and the outcome says so
+            toolbox.capped += len(completion.tool_calls)
             break
         with run.step("tools"):
             messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, run.thinking)]

@@ -102,6 +102,7 @@ async def test_an_empty_last_round_is_answered_by_the_mock_and_the_outcome_says_
     channel, outcome = await _ask(stack, client, "hello there")
 
     assert outcome["llm_source"] == "mock" and "llm_empty_reply" in outcome["notes"]
+    assert "tool_calls_capped: 1 not run" in outcome["notes"]  # the last round's call: no round left for it
     assert stack.messaging.replies_to(channel)[0]["text"]
 
 
