@@ -102,8 +102,11 @@ async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float
         return Answer(None, error=f"connection failed: {type(exc).__name__}", reachable=False)
     except TimeoutError:  # the function may be working on it: a verdict, as a retry spends a delivery
         return Answer(None, error=f"no answer within {timeout_s:.0f}s")
-    except aiohttp.ClientPayloadError as exc:  # it began to answer, then the connection dropped: the same
-        return Answer(None, error=f"answer cut short: {type(exc).__name__}")
+    except aiohttp.ClientPayloadError as exc:
+        # It began to answer, then the connection dropped: the function died under the call (a kill
+        # between the answer's head and body, say). Held like any outage; a message that brings the
+        # function down every time still spends a delivery once the function has answered a probe.
+        return Answer(None, error=f"answer cut short: {type(exc).__name__}", reachable=False)
     except aiohttp.ClientError as exc:  # refused, reset, DNS, not HTTP: nothing answered
         return Answer(None, error=f"connection failed: {type(exc).__name__}", reachable=False)
 
