@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from runner.bridge import Bridge
+from runner.bridge import Bridge, flushed
 from shared.infra.settings import NatsSettings, RunnerSettings, RuntimeSettings, Settings
+from tests.conftest import invocation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,3 +148,23 @@ class FunctionProcess:
         if self.process is not None and self.process.returncode is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
+
+
+DEAD_LETTER_SUBJECT = "router.invoke.agent.dlq"
+
+
+def body_for(channel: str | None = None, **payload: Any) -> bytes:
+    """An invocation's bytes as the router publishes them (a new channel unless one is named)."""
+    return json.dumps(invocation(channel or str(uuid.uuid4()), **payload)).encode()
+
+
+async def dead_letters(nc: Any, subject: str = DEAD_LETTER_SUBJECT) -> list:
+    """Every message published on the dead-letter subject from now on, as it arrives."""
+    received: list = []
+
+    async def keep(msg: Any) -> None:
+        received.append(msg)
+
+    await nc.subscribe(subject, cb=keep)
+    await flushed(nc)
+    return received

@@ -11,11 +11,10 @@ import nats
 import pytest
 
 from runner import metrics
-from runner.bridge import flushed
 from runner.forward import answered, health_url
 from standins.server import Served
 from tests.conftest import free_port, invocation
-from tests.runner_support import FunctionProcess, ScriptedFunction, bridge, eventually, failed
+from tests.runner_support import FunctionProcess, ScriptedFunction, body_for, bridge, dead_letters, eventually, failed
 
 SUBJECT = "router.invoke.agent"
 DLQ = f"{SUBJECT}.dlq"
@@ -53,21 +52,6 @@ async def nc(nats_server):
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
-
-
-async def dead_letters(nc) -> list:
-    received: list = []
-
-    async def keep(msg) -> None:
-        received.append(msg)
-
-    await nc.subscribe(DLQ, cb=keep)
-    await flushed(nc)
-    return received
-
-
-def body_for(channel: str | None = None, **payload) -> bytes:
-    return json.dumps(invocation(channel or str(uuid.uuid4()), **payload)).encode()
 
 
 def sample(name: str) -> float:

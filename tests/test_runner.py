@@ -14,12 +14,12 @@ import nats
 import pytest
 
 from localstack.embedded import NatsServer
-from runner.bridge import flushed, judge
+from runner.bridge import judge
 from runner.forward import Answer
 from shared.clients import http as shared_http
 from standins.server import Served
 from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import ScriptedFunction, bridge, eventually, failed
+from tests.runner_support import ScriptedFunction, body_for, bridge, dead_letters, eventually, failed
 
 SUBJECT = "router.invoke.agent"
 DLQ = "router.invoke.agent.dlq"
@@ -54,21 +54,6 @@ async def publish(nc, body: bytes, mode: str, headers: dict | None = None) -> No
     # the router publishes with plain core NATS; in jetstream mode a stream captures it
     await nc.publish(SUBJECT, body, headers=headers)
     await nc.flush()
-
-
-def body_for(channel: str | None = None, **payload) -> bytes:
-    return json.dumps(invocation(channel or str(uuid.uuid4()), **payload)).encode()
-
-
-async def dead_letters(nc) -> list:
-    received: list = []
-
-    async def keep(msg) -> None:
-        received.append(msg)
-
-    await nc.subscribe(DLQ, cb=keep)
-    await flushed(nc)
-    return received
 
 
 @pytest.mark.parametrize("mode", MODES)
