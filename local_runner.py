@@ -131,7 +131,9 @@ async def run(s: Settings, *, local: bool) -> int:
             s = await stack.start(s, cleanup)
         function_url = s.runner.function_url
         if not function_url:  # serve the function here, with these settings (a container runs both)
-            runtime.install(runtime.Runtime.from_settings(s))
+            rt = runtime.Runtime.from_settings(s)
+            runtime.install(rt)
+            cleanup.push_async_callback(rt.aclose)  # after the function stopped: runs in flight may still hand off
             function = await serve.Serving.start(serve.function_app(), s.runner.host, s.runner.function_port)
             cleanup.push_async_callback(function.stop)
             function_url = f"http://127.0.0.1:{function.port}/invoke"

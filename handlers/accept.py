@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import delivery, pipeline, runtime
-from shared.contracts import Outcome
+from shared.contracts import Invocation, Outcome
 from shared.errors import BadInput
 from shared.health import report
 from shared.infra import telemetry, tracing
 from shared.intake import check_auth, parse_invocation
+from shared.streaming import Typing
 
 log = logging.getLogger("agent_runtime.accept")
 
@@ -35,38 +36,50 @@ class Answer:
         return delivery.decide(self.status, error=self.body.get("error"))
 
 
+Read = Callable[[], Awaitable[bytes | str | dict[str, Any] | Invocation]]
+
+
 async def run(
-    read: Callable[[], Awaitable[bytes | str | dict[str, Any]]],
+    read: Read,
     *,
     headers: Mapping[str, Any] | None = None,
     authenticate: bool = True,
     delivery_id: str | None = None,
+    typing: Typing | None = None,
     **log_fields: str | None,
 ) -> Answer:
     """Accept one invocation (``read`` gives its body, once authenticated) and answer it, in a server
-    span whose parent is the trace context the trigger carried (headers, attributes, extensions)."""
+    span whose parent is the trace context the trigger carried (headers, attributes, extensions);
+    ``typing`` shows the run as it goes."""
     rt = runtime.get()
     headers = headers or {}
     with telemetry.span("invoke_agent", telemetry.SERVER, parent=headers) as span:
-        answer = await _answer(rt, read, headers, authenticate, delivery_id, log_fields)
+        answer = await _answer(rt, read, headers, authenticate, delivery_id, typing, log_fields)
         if span.recording:
             _describe(span, answer)
     return answer
 
 
+async def admit(read: Read, headers: Mapping[str, Any], *, authenticate: bool = True) -> Invocation:
+    """The invocation, once its caller is authenticated and its body parsed; else ``BadInput``."""
+    rt = runtime.get()
+    if authenticate:
+        secret = rt.settings.runtime.secret
+        check_auth(secret.get_secret_value() if secret else None, headers)
+    return parse_invocation(await read(), rt.settings.runtime.max_body_bytes)
+
+
 async def _answer(
     rt: runtime.Runtime,
-    read: Callable[[], Awaitable[bytes | str | dict[str, Any]]],
+    read: Read,
     headers: Mapping[str, Any],
     authenticate: bool,
     delivery_id: str | None,
+    typing: Typing | None,
     log_fields: dict[str, str | None],
 ) -> Answer:
     try:
-        if authenticate:
-            secret = rt.settings.runtime.secret
-            check_auth(secret.get_secret_value() if secret else None, headers)
-        invocation = parse_invocation(await read(), rt.settings.runtime.max_body_bytes)
+        invocation = await admit(read, headers, authenticate=authenticate)
     except BadInput as exc:
         return Answer(exc.status, exc.body())
     try:
@@ -74,6 +87,7 @@ async def _answer(
             invocation,
             rt,
             delivery_id=delivery_id or headers.get("idempotency-key"),
+            typing=typing,
             **log_fields,
             **tracing.log_fields(headers),
         )
@@ -103,6 +117,8 @@ def _describe(span: telemetry.Span, answer: Answer) -> None:
         ("agent_runtime.outcome", outcome.status),
         ("agent_runtime.reason", outcome.reason),
         ("agent_runtime.llm_source", outcome.llm_source),
+        ("agent_runtime.handed_off_to", outcome.handed_off_to),
+        ("agent_runtime.handed_off_from", outcome.handed_off_from),
     ):
         span.set(key, value)
     if outcome.usage:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
 
 from starlette import responses
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from handlers import accept
 from shared import runtime
+from shared.contracts import Invocation
 from shared.errors import BadInput
-from shared.infra import jsoncodec
+from shared.infra import jsoncodec, sse
 from shared.infra import metrics as metrics_module
 from shared.intake import check_auth
+from shared.streaming import Typing
 
 BODY_READ_TIMEOUT_S = 10.0
 
@@ -25,13 +28,62 @@ class JSONResponse(responses.JSONResponse):
         return jsoncodec.dumps(content)
 
 
-async def invoke(request: Request) -> JSONResponse:
-    """POST an invocation; the response is its outcome."""
+async def invoke(request: Request) -> Response:
+    """POST an invocation; the response is its outcome (as events, with ``Accept: text/event-stream``)."""
     if request.method != "POST":
         return JSONResponse({"error": "use POST"}, status_code=405)
     limit = runtime.get().settings.runtime.max_body_bytes
+    if sse.wants_stream(request.headers.get("accept")):
+        return await _streamed(request, limit)
     answer = await accept.run(lambda: _read_body(request, limit), headers=request.headers)
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
+
+
+# Runs whose caller stopped listening: they finish (and post once) all the same.
+_running: set[asyncio.Task[None]] = set()
+
+
+async def _streamed(request: Request, limit: int) -> Response:
+    """The run as server-sent events: steps, the reply's deltas, then its outcome. Bad input is
+    answered as JSON with its status, before any event."""
+    try:
+        invocation = await accept.admit(lambda: _read_body(request, limit), request.headers)
+    except BadInput as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    events: asyncio.Queue[bytes | None] = asyncio.Queue()  # bounded by the run: its steps and its capped reply
+    typing = Typing(
+        lambda name, data: events.put_nowait(sse.encode(name, data)), runtime.get().settings.runtime.max_reply_chars
+    )
+    task = asyncio.create_task(_run_shown(invocation, request.headers, typing, events))
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+    async def stream() -> AsyncIterator[bytes]:
+        while (event := await events.get()) is not None:
+            yield event
+
+    # no caching, and no proxy buffering: each event is sent as it happens
+    return StreamingResponse(
+        stream(), media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+async def _run_shown(
+    invocation: Invocation, headers: Mapping[str, str], typing: Typing, events: asyncio.Queue[bytes | None]
+) -> None:
+    """Run the invocation, then end its stream with the outcome (or the error a defect became)."""
+    try:
+
+        async def given() -> Invocation:
+            return invocation
+
+        answer = await accept.run(given, headers=headers, authenticate=False, typing=typing)
+        if answer.outcome is not None:
+            events.put_nowait(sse.encode("outcome", answer.body))
+        else:
+            events.put_nowait(sse.encode("error", {"status": answer.status, **answer.body}))
+    finally:
+        events.put_nowait(None)
 
 
 # The seed's manual entry point runs the same pipeline and answers with the real outcome.

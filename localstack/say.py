@@ -2,13 +2,16 @@
 
 Posts a human message into the demo channel and sends the invocation on NATS as the router does
 (core NATS, no headers), as a request: in core mode the bridge answers it with the run's outcome, so
-a reply, a skip or a rejection is told at once, with its reason.
+a reply, a skip or a rejection is told at once, with its reason. When the bridge streams replies
+(the local stack does), the reply is printed as it is typed; a handoff is followed to the agent
+that answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -68,26 +71,37 @@ async def say(
             },
         }
         nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0, error_cb=quiet)
+        typed = Typed()
         try:
+            if state.get("stream_subject"):  # any agent's reply in this channel, as it is typed
+                await nc.subscribe(f"{state['stream_subject']}.*.{channel}", cb=typed.on_piece)
             answer = await nc.request(subject, json.dumps(invocation).encode(), timeout=timeout_s)
+            outcome = _json(answer.data)
+            if isinstance(outcome, dict) and outcome.get("status") == "handed_off":
+                typed.end_line()
+                print(f"{agent_id} handed it to {outcome.get('handed_off_to')}")
+                if typed.streaming:
+                    await typed.ended(outcome.get("handed_off_to"), timeout_s)
+                    return 0 if typed.done else 1
+                return await _poll(
+                    history_url, outcome["handed_off_to"], datetime.fromisoformat(message["created_at"]), timeout_s
+                )
         except NoRespondersError:
             print(f"nothing takes invocations on {subject} at {nats_url}: is the stack running? {START_HINT}")
             return 1
         except TimeoutError:
+            typed.end_line()
             print(f"no answer from {agent_id} within {timeout_s:.0f}s")
             return 1
         finally:
             await nc.close()
-        try:
-            outcome = json.loads(answer.data)
-        except ValueError:
-            outcome = None
+        typed.end_line()
         if not isinstance(outcome, dict):
             print(f"unreadable answer on {subject}: {answer.data[:200]!r}")
             return 1
         if "stream" in outcome and "seq" in outcome:  # jetstream mode: the stream took it, the bridge answers no one
             return await _poll(history_url, agent_id, datetime.fromisoformat(message["created_at"]), timeout_s)
-        return await _tell(history_url, agent_id, outcome)
+        return await _tell(history_url, agent_id, outcome, shown=typed.shown.get(agent_id))
     except (OSError, NatsError) as exc:
         print(f"the local stack is not reachable ({type(exc).__name__}: {exc}); {START_HINT}")
         return 1
@@ -95,14 +109,73 @@ async def say(
         await http.aclose()
 
 
-async def _tell(history_url: str, agent_id: str, outcome: dict[str, Any]) -> int:
-    """Print the run's outcome: the reply's text, or why there is none."""
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+class Typed:
+    """Replies as the bridge streams them (``<stream_subject>.<agent>.<channel>``), printed as they come."""
+
+    def __init__(self) -> None:
+        self.streaming = False  # a piece arrived: the stream is on
+        self.shown: dict[str, str] = {}  # agent -> its reply as typed (after the last reset)
+        self.done: set[str] = set()  # agents whose stream ended
+        self._line: str | None = None  # the agent whose line is open
+        self._ended = asyncio.Event()
+
+    async def on_piece(self, msg: Any) -> None:
+        piece = _json(msg.data)
+        if not isinstance(piece, dict) or not isinstance(piece.get("agent_id"), str):
+            return
+        self.streaming, agent = True, piece["agent_id"]
+        if piece.get("type") == "delta":
+            if self._line != agent:
+                self.end_line()
+                sys.stdout.write(f"{agent}: ")
+                self._line = agent
+            sys.stdout.write(str(piece.get("text", "")))
+            sys.stdout.flush()
+            self.shown[agent] = self.shown.get(agent, "") + str(piece.get("text", ""))
+        elif piece.get("type") == "reset" and agent in self.shown:
+            self.end_line()
+            print(f"  ({agent} starts over)")
+            self.shown.pop(agent)
+        elif piece.get("type") == "end":
+            self.done.add(agent)
+            self._ended.set()
+
+    def end_line(self) -> None:
+        if self._line is not None:
+            sys.stdout.write("\n")
+            self._line = None
+
+    async def ended(self, agent_id: str, timeout_s: float) -> None:
+        """Wait for ``agent_id``'s stream to end (or the timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while agent_id not in self.done and loop.time() < deadline:
+            self._ended.clear()
+            try:
+                await asyncio.wait_for(self._ended.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        self.end_line()
+        if agent_id not in self.done:
+            print(f"no reply from {agent_id} within {timeout_s:.0f}s")
+
+
+async def _tell(history_url: str, agent_id: str, outcome: dict[str, Any], shown: str | None = None) -> int:
+    """Print the run's outcome: the reply's text (unless it was typed out already), or why there is none."""
     status = outcome.get("status")
     if status == "replied":
-        async with http.session().get(history_url, params={"limit": "50"}) as response:
-            posted = {m["id"]: m for m in await response.json()}
-        reply = posted.get(outcome.get("message_id"))
-        print(f"{agent_id}: {reply['content_preview'] if reply else '(posted; not in the recent history)'}")
+        if shown is None:
+            async with http.session().get(history_url, params={"limit": "50"}) as response:
+                posted = {m["id"]: m for m in await response.json()}
+            reply = posted.get(outcome.get("message_id"))
+            print(f"{agent_id}: {reply['content_preview'] if reply else '(posted; not in the recent history)'}")
         for call in outcome.get("tool_calls") or []:
             print(f"  tool {call.get('tool')}: {call.get('result')}")
         for note in outcome.get("notes") or []:

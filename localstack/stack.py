@@ -20,6 +20,9 @@ from localstack.embedded import (
 from shared.infra.settings import LlmSettings, MemorySettings, MessagingSettings, Settings
 from standins.messaging import DEMO_CHANNEL
 
+STREAM_SUBJECT = "agent.reply.stream"  # where the local bridge shows replies as they are typed (say reads it)
+MOCK_PACE_S = 0.04  # the keyword mock types its streamed reply word by word, visibly
+
 log = logging.getLogger("agent_runtime.runner")
 
 
@@ -36,7 +39,8 @@ async def start(s: Settings, cleanup: AsyncExitStack) -> Settings:
     A private nats-server when nothing answers at the NATS URL. When the function is served here (no
     function_url): stand-ins for messaging-service and agent-memory where their URL is the default,
     for toolcore and pdp-service where theirs is empty, and the keyword mock where the LLM's URL is
-    the default. Exits with one line when a port it needs is taken (a stack already running).
+    the default. Replies stream on ``STREAM_SUBJECT`` and a handoff is published on the invocation
+    subject unless the settings say otherwise. Exits with one line when a port it needs is taken.
     """
     if taken := ports_in_use(s):
         raise SystemExit(
@@ -49,6 +53,8 @@ async def start(s: Settings, cleanup: AsyncExitStack) -> Settings:
         cleanup.callback(server.stop)
         updates["nats"] = s.nats.model_copy(update={"url": server.url})
         log.info("embedded nats-server started", extra={"fields": {"url": server.url}})
+    if not s.runner.stream_subject:
+        updates["runner"] = s.runner.model_copy(update={"stream_subject": STREAM_SUBJECT})
     if s.runner.function_url:
         return s.model_copy(update=updates)
 
@@ -69,11 +75,18 @@ async def start(s: Settings, cleanup: AsyncExitStack) -> Settings:
     tools = {key: urls[name] for name, key in (("toolcore", "url"), ("pdp", "pdp_url")) if name in urls}
     if tools:
         updates["tools"] = s.tools.model_copy(update=tools)
-    if s.llm.url == LlmSettings().url:
-        updates["llm"] = s.llm.model_copy(update={"url": ""})  # the keyword mock answers
+    if s.llm.url == LlmSettings().url:  # the keyword mock answers, typing as it goes
+        updates["llm"] = s.llm.model_copy(update={"url": "", "mock_pace_s": s.llm.mock_pace_s or MOCK_PACE_S})
+    if s.handoff.sink == "none":  # a handoff goes where the router's invocations go
+        updates["handoff"] = s.handoff.model_copy(update={"sink": "nats"})
     s = s.model_copy(update=updates)
     if "messaging" in urls:
-        write_state(nats_url=s.nats.url, messaging_url=s.messaging.url, channel=DEMO_CHANNEL)
+        write_state(
+            nats_url=s.nats.url,
+            messaging_url=s.messaging.url,
+            channel=DEMO_CHANNEL,
+            stream_subject=s.runner.stream_subject or "",
+        )
         cleanup.callback(clear_state)
     log.info("local stack", extra={"fields": {**urls, "llm": s.llm.url or "mock"}})
     return s

@@ -3,7 +3,9 @@
 Lifecycle, as nats.py's examples do it: ``start()`` connects and subscribes, ``stop()`` stops
 taking messages, finishes (and acknowledges) those in flight within the drain timeout, and
 drains the connection. While the function cannot be reached, a circuit breaker (``runner.breaker``)
-pauses the intake and holds the messages taken, spending none of their deliveries.
+pauses the intake and holds the messages taken, spending none of their deliveries. With
+``runner.stream_subject`` set, the function streams each reply, and ``ReplyStream`` publishes its
+pieces on NATS as they are typed.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runner import metrics
 from runner.breaker import Breaker
 from runner.dispatch import Dispatcher
-from runner.forward import Answer, call_headers, forward, health_url, probe
+from runner.forward import Answer, Listener, call_headers, forward, health_url, probe
 from shared.delivery import Verdict, decide
 from shared.errors import BadInput
-from shared.infra import jsoncodec, telemetry
+from shared.infra import jsoncodec, sse, telemetry
 from shared.infra.jetstream import ensure_stream
 from shared.infra.nats_connect import NatsRefused, connect, connect_options
 from shared.infra.observability import redact_url
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
 
+    from shared.contracts import Outcome
     from shared.infra.settings import Settings
 
 log = logging.getLogger("agent_runtime.runner")
@@ -46,6 +50,7 @@ class Bridge:
         self.nats_auth = connect_options(s.nats)  # credentials and TLS; unreadable files fail here, at start
         self.subject = s.nats.invocation_subject
         self.dead_letter_subject = s.runner.dlq_subject or f"{self.subject}.dlq"
+        self.stream_subject = s.runner.stream_subject
         self.function_url = function_url
         telemetry.configure(f"{s.service}-bridge")  # spans only when an OTLP endpoint is configured
         self.function_secret = s.runtime.secret.get_secret_value() if s.runtime.secret else None
@@ -181,7 +186,7 @@ class Bridge:
     async def _admit(self, msg: Msg) -> None:
         metrics.received.inc()
         try:
-            key = ordering_key(msg.data, self.max_body_bytes)
+            ids = read_ids(msg.data, self.max_body_bytes)
         except BadInput as exc:
             await self._dead_letter(msg, Verdict("dead_letter", exc.error), status=exc.status, attempt=1)
             return
@@ -191,11 +196,11 @@ class Bridge:
             await self._dead_letter(msg, Verdict("dead_letter", reason), status=None, attempt=1)
             return
         keep_alive = self._keep_alive(msg) if self.runner.mode == "jetstream" else None
-        await self.dispatcher.submit(key, lambda: self._traced(msg, keep_alive))
+        await self.dispatcher.submit(ids.key, lambda: self._traced(msg, ids, keep_alive))
 
     # --- one message ------------------------------------------------------------------------
 
-    async def _traced(self, msg: Msg, keep_alive: asyncio.Task[None] | None) -> None:
+    async def _traced(self, msg: Msg, ids: Ids, keep_alive: asyncio.Task[None] | None) -> None:
         """Process a message in a consumer span, a child of the trace context its headers carry."""
         with telemetry.span(f"process {self.subject}", telemetry.CONSUMER, parent=msg.headers or {}) as span:
             if span.recording:
@@ -203,12 +208,16 @@ class Bridge:
                 span.set("messaging.operation.type", "process")
                 span.set("messaging.destination.name", self.subject)
                 span.set("messaging.message.id", (msg.headers or {}).get("Nats-Msg-Id"))
-            await self._process(msg, keep_alive)
+            await self._process(msg, ids, keep_alive)
 
-    async def _process(self, msg: Msg, keep_alive: asyncio.Task[None] | None) -> None:
+    async def _process(self, msg: Msg, ids: Ids, keep_alive: asyncio.Task[None] | None) -> None:
         try:
             attempt = msg.metadata.num_delivered if self.runner.mode == "jetstream" else 1
             headers = call_headers(msg.headers, self.function_secret)
+            # where the reply's pieces go; none: nowhere to publish them, so none are asked for
+            stream_to = reply_subject(self.stream_subject, ids) if self.stream_subject else None
+            if stream_to is not None:
+                headers["Accept"] = sse.MEDIA_TYPE
             held = False  # this message waited out an outage, and has not reached the function since
             while True:
                 if attempt > self.runner.max_deliver:  # redelivered past the limit (a crash loop, say)
@@ -217,7 +226,8 @@ class Bridge:
                 if not await self._until_reachable():  # stopping with the function down: give it back
                     await self._settle(msg, "nak", 1.0)
                     return
-                answer = await self._call(msg.data, headers)
+                listener = None if stream_to is None else ReplyStream(self.nc, stream_to, ids)
+                answer = await self._call(msg.data, headers, listener)
                 if self.on_answer is not None:
                     self.on_answer(msg.data, answer, headers["traceparent"], attempt)
                 if not answer.reachable:
@@ -282,15 +292,15 @@ class Bridge:
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
         return self._stop_requested.is_set()
 
-    async def _call(self, body: bytes, headers: dict[str, str]) -> Answer:
+    async def _call(self, body: bytes, headers: dict[str, str], listener: Listener | None) -> Answer:
         async with self.dispatcher.slot():
-            return await self._forward(body, headers)
+            return await self._forward(body, headers, listener)
 
-    async def _forward(self, body: bytes, headers: dict[str, str]) -> Answer:
+    async def _forward(self, body: bytes, headers: dict[str, str], listener: Listener | None) -> Answer:
         metrics.in_flight.inc()
         started = time.perf_counter()
         try:
-            answer = await forward(self.function_url, body, headers, self.runner.request_timeout_s)
+            answer = await forward(self.function_url, body, headers, self.runner.request_timeout_s, listener)
         finally:
             metrics.in_flight.dec()
             metrics.latency.observe(time.perf_counter() - started)
@@ -356,10 +366,22 @@ class Bridge:
         await self._reply(msg, body or json.dumps({"error": decision.reason}).encode())
 
 
-def ordering_key(data: bytes, max_bytes: int) -> str:
-    """The (agent, channel) a message is ordered by: the two fields the bridge reads. The function
-    validates the rest (its 422 dead-letters); what has no such two fields cannot be ordered, and is
-    dead-lettered here."""
+class Ids(NamedTuple):
+    """What the bridge reads of an invocation: the agent and channel it orders by, and the trigger."""
+
+    agent_id: str
+    channel_id: str  # canonical when it is a UUID
+    message_id: str | None
+
+    @property
+    def key(self) -> str:
+        """The (agent, channel) order the message keeps."""
+        return f"{self.agent_id}/{self.channel_id}"
+
+
+def read_ids(data: bytes, max_bytes: int) -> Ids:
+    """The ids the bridge orders (and streams) by. The function validates the rest (its 422
+    dead-letters); what has no agent and channel cannot be ordered, and is dead-lettered here."""
     if len(data) > max_bytes:
         raise BadInput(413, f"body larger than {max_bytes} bytes")
     try:
@@ -369,15 +391,71 @@ def ordering_key(data: bytes, max_bytes: int) -> str:
     except ValueError as exc:
         raise BadInput(400, f"body is not JSON: {exc}") from None
     payload = body.get("payload") if isinstance(body, dict) else None
+    payload = payload if isinstance(payload, dict) else {}
     agent_id = body.get("agent_id") if isinstance(body, dict) else None
-    channel_id = payload.get("channel_id") if isinstance(payload, dict) else None
+    channel_id = payload.get("channel_id")
     if not isinstance(agent_id, str) or not isinstance(channel_id, str):
         raise BadInput(422, "invalid invocation: agent_id and payload.channel_id must be strings")
     try:
         channel_id = str(uuid.UUID(channel_id))  # one channel however it is spelled
     except ValueError:
         pass  # the function refuses it
-    return f"{agent_id}/{channel_id}"
+    message_id = payload.get("message_id")
+    return Ids(agent_id, channel_id, message_id if isinstance(message_id, str) else None)
+
+
+_NOT_A_TOKEN = re.compile(r"[\s.*>]")  # what would split a subject token, or make it a wildcard
+
+
+def reply_subject(prefix: str, ids: Ids) -> str | None:
+    """``<prefix>.<agent>.<channel>``; None when either id cannot be one subject token (the function refuses it)."""
+    if not ids.agent_id or not ids.channel_id or _NOT_A_TOKEN.search(ids.agent_id + ids.channel_id):
+        return None
+    return f"{prefix}.{ids.agent_id}.{ids.channel_id}"
+
+
+class ReplyStream:
+    """One call's reply, published on core NATS as the function streams it: best effort, as a piece
+    lost must never change what becomes of the invocation."""
+
+    def __init__(self, nc: Client | None, subject: str, ids: Ids) -> None:
+        self.nc, self.subject = nc, subject
+        self.ids: dict[str, str] = {"agent_id": ids.agent_id, "channel_id": ids.channel_id}
+        if ids.message_id is not None:
+            self.ids["message_id"] = ids.message_id
+        self.headers: dict[str, str] = {}
+        self.seq = 0
+        self.failed = False
+
+    async def opened(self, headers: Mapping[str, str]) -> None:
+        self.headers = {name: headers[name] for name in ("traceparent", "tracestate") if name in headers}
+        if "Idempotency-Key" in headers:  # the invocation's Nats-Msg-Id, checked; under that name a
+            # stream capturing these subjects would drop every piece after the first as a duplicate
+            self.headers["Agent-Runtime-Msg-Id"] = headers["Idempotency-Key"]
+
+    async def piece(self, kind: str, text: str) -> None:
+        await self._publish(kind, {"text": text} if kind == "delta" else {})
+
+    async def ended(self, outcome: Outcome | None) -> None:
+        if outcome is None:  # no outcome: the pieces are void; a retry streams the reply again
+            await self._publish("end", {"status": "failed"})
+            return
+        end: dict[str, Any] = {"status": outcome.status, "reply_message_id": outcome.message_id}
+        if outcome.handed_off_to is not None:
+            end["handed_off_to"] = outcome.handed_off_to
+        await self._publish("end", end)
+
+    async def _publish(self, kind: str, fields: dict[str, Any]) -> None:
+        message = {"type": kind, "seq": self.seq, **fields, **self.ids}
+        self.seq += 1
+        try:
+            assert self.nc is not None
+            await self.nc.publish(self.subject, jsoncodec.dumps(message), headers=self.headers)
+        except Exception as exc:
+            metrics.reply_pieces_lost.inc()
+            if not self.failed:  # once per reply: NATS down would otherwise log every piece
+                self.failed = True
+                log.warning("reply stream publish failed", extra={"fields": {"error": type(exc).__name__}})
 
 
 async def flushed(nc: Client, timeout_s: float = 10) -> None:

@@ -1,18 +1,28 @@
 """One HTTP call of the invoke function, with the headers a NATS message carries over, and the
-one rule telling the function's own answer from its absence (``reachable``)."""
+one rule telling the function's own answer from its absence (``reachable``). Asked for a stream,
+the function answers with server-sent events; their final event is the answer a JSON body would be."""
 
 from __future__ import annotations
 
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import ValidationError
+
+from shared import delivery
 from shared.clients import http
-from shared.infra import telemetry
+from shared.contracts import Outcome
+from shared.infra import jsoncodec, sse, telemetry
 from shared.infra.observability import redact_url
 from shared.infra.tracing import TRACEPARENT
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _TRACESTATE = re.compile(r"^[\x20-\x7e]{1,512}$")  # printable ASCII only: nothing to inject or choke on
 _TOKEN = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable, no spaces or newlines: safe as a header
@@ -48,6 +58,19 @@ def _is_outcome(body: bytes) -> bool:
     return isinstance(parsed, dict) and parsed.get("status") == "failed"
 
 
+class Listener(Protocol):
+    """Hears a streamed answer as it arrives (the bridge publishes the reply's pieces)."""
+
+    async def opened(self, headers: Mapping[str, str]) -> None:
+        """The function streams its answer to a call made with ``headers``."""
+
+    async def piece(self, kind: str, text: str) -> None:
+        """A ``delta`` of the reply, or a ``reset`` voiding the deltas before it (``text`` empty)."""
+
+    async def ended(self, outcome: Outcome | None) -> None:
+        """The stream is over: with its outcome, or without one (an error event, cut short, timed out)."""
+
+
 def health_url(function_url: str) -> str:
     """Where the function says it is up: ``health`` beside the invoke path (``…/invoke`` → ``…/health``)."""
     parts = urlsplit(function_url)
@@ -75,13 +98,16 @@ def call_headers(nats_headers: dict[str, str] | None, secret: str | None) -> dic
     return headers
 
 
-async def forward(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
-    """POST the invocation in a client span whose context the function receives (``traceparent``)."""
+async def forward(
+    url: str, body: bytes, headers: dict[str, str], timeout_s: float, listener: Listener | None = None
+) -> Answer:
+    """POST the invocation in a client span whose context the function receives (``traceparent``);
+    an event stream answered is read as it arrives, ``listener`` hearing it, within ``timeout_s``."""
     with telemetry.span("POST", telemetry.CLIENT) as span:
         if span.recording:
             span.set("http.request.method", "POST")
             span.set("url.full", redact_url(url))
-        answer = await _post(url, body, span.inject(headers), timeout_s)
+        answer = await _post(url, body, span.inject(headers), timeout_s, listener)
         span.set("http.response.status_code", answer.status)
         if not answer.reachable:
             span.fail("unreachable")
@@ -90,13 +116,16 @@ async def forward(url: str, body: bytes, headers: dict[str, str], timeout_s: flo
     return answer
 
 
-async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
+async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float, listener: Listener | None) -> Answer:
     import aiohttp
 
-    # a connection that cannot be made within the connect timeout carried nothing: unreachable
+    # a connection that cannot be made within the connect timeout carried nothing: unreachable;
+    # the total bounds a streamed answer's every event too
     timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, CONNECT_TIMEOUT_S))
     try:
         async with http.session().post(url, data=body, headers=headers, timeout=timeout) as response:
+            if listener is not None and response.status == 200 and response.content_type == sse.MEDIA_TYPE:
+                return await _streamed(response, headers, listener)
             return answered(response.status, await response.read(), response.headers.get("Retry-After"))
     except aiohttp.ConnectionTimeoutError as exc:
         return Answer(None, error=f"connection failed: {type(exc).__name__}", reachable=False)
@@ -109,6 +138,41 @@ async def _post(url: str, body: bytes, headers: dict[str, str], timeout_s: float
         return Answer(None, error=f"answer cut short: {type(exc).__name__}", reachable=False)
     except aiohttp.ClientError as exc:  # refused, reset, DNS, not HTTP: nothing answered
         return Answer(None, error=f"connection failed: {type(exc).__name__}", reachable=False)
+
+
+async def _streamed(response: aiohttp.ClientResponse, headers: dict[str, str], listener: Listener) -> Answer:
+    """Read the function's events as they come: pieces to ``listener``, the final event the answer."""
+    decoder = sse.Decoder()
+    outcome: Outcome | None = None
+    await listener.opened(headers)
+    try:
+        async for chunk in response.content.iter_any():
+            for event in decoder.feed(chunk):
+                if event.name in ("delta", "reset"):
+                    await listener.piece(event.name, _text(event.data) if event.name == "delta" else "")
+                elif event.name == "outcome":
+                    outcome = Outcome.model_validate_json(event.data)
+                    seconds = delivery.retry_after_s(outcome)
+                    retry_after = None if seconds is None else str(seconds)
+                    return Answer(delivery.http_status(outcome), event.data.encode(), retry_after)
+                elif event.name == "error":
+                    return Answer(500, event.data.encode())  # a defect after the stream began: the function's 500
+        # No final event: the function went away under the call (held like an outage, as a body cut
+        # short). An event still without its blank line may be cut in half: it is not read (as SSE says).
+        return Answer(None, error="answer cut short: the stream ended before its outcome", reachable=False)
+    except (sse.StreamError, ValidationError) as exc:  # the function's own defect, as a 500 of its is
+        return Answer(500, error=f"unreadable event stream: {type(exc).__name__}")
+    finally:
+        await listener.ended(outcome)
+
+
+def _text(data: str) -> str:
+    """A delta's text (``{"text": …}``); anything else adds nothing to the reply."""
+    try:
+        text = jsoncodec.loads(data).get("text")
+    except (ValueError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""
 
 
 async def probe(url: str, timeout_s: float) -> bool:

@@ -16,6 +16,11 @@ dead_lettered = Counter(
     ["status_class"],
     registry=registry,
 )
+reply_pieces_lost = Counter(
+    "runner_reply_stream_publish_failures_total",
+    "Pieces of a streamed reply that could not be published on NATS (best effort: the invocation goes on)",
+    registry=registry,
+)
 in_flight = Gauge("runner_invocations_in_flight", "Invocations being forwarded right now", registry=registry)
 breaker_open = Gauge(
     "runner_function_breaker_open", "1 while the function is unreachable and the intake paused", registry=registry

@@ -39,7 +39,18 @@ _FIELDS = {
     "tools": ("tools", "tools_enabled", "default_tools"),
     "active": ("active", "is_active"),
 }
-_OWN_FIELDS = ("name", "language", "gender", "temperature", "max_tokens", "memory", "variants", "capabilities")
+_OWN_FIELDS = (
+    "name",
+    "language",
+    "gender",
+    "temperature",
+    "max_tokens",
+    "memory",
+    "variants",
+    "capabilities",
+    "handoff_to",
+    "handoff_note",
+)
 
 
 def display_name(agent_id: str) -> str:

@@ -42,6 +42,16 @@ UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
 # --- inbound ----------------------------------------------------------------------------------
 
 
+class Handoff(BaseModel):
+    """Set on an invocation one agent handed to another: who, why, and how many hops it has made."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    from_agent: str = Field(pattern=AGENT_ID_PATTERN)
+    note: str | None = Field(None, max_length=1000)
+    hops: int = Field(ge=1, le=20)
+
+
 class InvocationPayload(BaseModel):
     """The router's payload; unknown keys are tolerated (and kept)."""
 
@@ -57,6 +67,7 @@ class InvocationPayload(BaseModel):
     fire_time: UtcDatetime | None = None
     instruction: str | None = Field(None, min_length=1, max_length=4000)
     task: Literal["summarize_channel"] | None = None
+    handoff: Handoff | None = None  # another agent handed this message on
 
     def schedule_key(self) -> str:
         """A cron run's identity: the same schedule firing at the same time runs once."""
@@ -118,6 +129,9 @@ class Blueprint(BaseModel):
     max_tokens: int = Field(1000, ge=1, le=32000)
     memory: MemoryPolicy = MemoryPolicy()
     tools: list[str] = Field(default_factory=list)
+    # agents this one may hand a message to (the built-in handoff tool), and what it then posts itself
+    handoff_to: list[Annotated[str, Field(pattern=AGENT_ID_PATTERN)]] = Field(default_factory=list, max_length=20)
+    handoff_note: str | None = Field(None, max_length=500)  # "{agent}": the target; none: it posts nothing
     variants: list[PromptVariant] = Field(default_factory=list)
     capabilities: dict[str, Any] = Field(default_factory=dict)
     active: bool = True
@@ -197,7 +211,7 @@ SkipReason = Literal[
     "agent_inactive",  # the agent is switched off in agents-service
     "unknown_agent",  # no source knows the agent (agents.allow_unknown is off)
 ]
-Step = Literal["blueprint", "history", "memory", "llm", "tools", "post", "store", "idempotency", "budget"]
+Step = Literal["blueprint", "history", "memory", "llm", "tools", "handoff", "post", "store", "idempotency", "budget"]
 BlueprintSource = Literal["agents-service", "cache", "file", "default"]
 FailureKind = Literal["timeout", "unavailable", "bad_response", "rejected", "unauthorized", "in_progress"]
 
@@ -214,12 +228,14 @@ class TokenUsage(BaseModel):
 class Outcome(BaseModel):
     """How a run ended: exactly one per invocation, returned to the caller and logged once."""
 
-    status: Literal["replied", "skipped", "failed"]
+    status: Literal["replied", "handed_off", "skipped", "failed"]
     agent_id: str
     entrypoint: Entrypoint = "channel_message"
     channel_id: str | None = None
     trigger_message_id: str | None = None
-    message_id: str | None = None  # the posted reply
+    message_id: str | None = None  # the posted reply (or the handoff's note)
+    handed_off_to: str | None = None  # this run handed the message to that agent
+    handed_off_from: str | None = None  # that agent handed the message to this run
     llm_source: Literal["llm", "mock"] | None = None
     blueprint_source: BlueprintSource | None = None
     variant: str | None = None  # the prompt variant (A/B) this channel is assigned

@@ -12,7 +12,9 @@ from shared.contracts import Invocation
 from shared.errors import BadInput
 
 
-def parse_invocation(raw: bytes | str | dict[str, Any], max_bytes: int) -> Invocation:
+def parse_invocation(raw: bytes | str | dict[str, Any] | Invocation, max_bytes: int) -> Invocation:
+    if isinstance(raw, Invocation):  # parsed already (a streamed run is checked before its stream opens)
+        return raw
     if isinstance(raw, (bytes, str)):
         # a str counts in UTF-8 bytes: 256 Ki characters of emoji are a megabyte
         size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))

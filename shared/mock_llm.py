@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from shared.contracts import Gender
-from shared.llm import Completion, ToolCall
+from shared.llm import Completion, ToolCall, ToolSpec
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CYRILLIC = re.compile(r"[а-яіїєґё]", re.IGNORECASE)
@@ -33,6 +33,11 @@ _KEYWORDS: list[tuple[str, frozenset[str], tuple[str, ...]]] = [
 _TASK = re.compile(
     r"\b(?:create|make|add|open)\s+(?:a\s+|new\s+)?task\s*:\s*(?P<en>.+)"
     r"|(?:створи|створіть|додай|додайте|зроби)\s+(?:нову\s+)?задачу\s*:\s*(?P<uk>.+)",
+    re.IGNORECASE | re.UNICODE | re.DOTALL,
+)
+# "ask Helion …", "запитай Helion …": the mock hands the message on, so a handoff works without an LLM
+_ASK = re.compile(
+    r"\b(?:ask|запитай|запитайте|спитай|спитайте)\s+(?P<name>[\w-]+)\s*[:,]?\s*(?P<note>[^,.;!?]*)",
     re.IGNORECASE | re.UNICODE | re.DOTALL,
 )
 _PHASE2 = re.compile(r"\b(phase|фаз\w{0,3})\s*(2|ii|two|два|друга)\b", re.IGNORECASE | re.UNICODE)
@@ -158,9 +163,23 @@ def _tool_answer(content: Any) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {"ok": False, "error": "unreadable tool result"}
 
 
+def _handoff(asked: str, tools: list[ToolSpec]) -> ToolCall | None:
+    """A handoff when the message asks for an agent the handoff tool may name (by the id's name)."""
+    spec = next((t for t in tools if t.name == "handoff"), None)
+    if spec is None:
+        return None
+    targets = spec.parameters["properties"]["agent_id"]["enum"]
+    for match in _ASK.finditer(asked):
+        target = next((t for t in targets if t.removeprefix("agent:") == match.group("name").lower()), None)
+        if target:
+            note = match.group("note").strip()[:200] or None
+            return ToolCall("mock_handoff", "handoff", {"agent_id": target, "note": note})
+    return None
+
+
 def complete(
     messages: list[dict[str, Any]],
-    tools: list[str],
+    tools: list[ToolSpec],
     agent_name: str,
     *,
     gender: Gender | None = None,
@@ -183,7 +202,9 @@ def complete(
         else:
             text = _text(lang, "tool_ok", gender).format(tool=tool, about=_about(answer.get("result"), lang))
         return Completion(text)
-    if "create_task" in tools and (match := _TASK.search(asked)):
+    if handoff := _handoff(asked, tools):
+        return Completion("", [handoff])
+    if any(t.name == "create_task" for t in tools) and (match := _TASK.search(asked)):
         title = (match.group("en") or match.group("uk")).strip()[:200]
         return Completion("", [ToolCall("mock_call", "create_task", {"title": title})])
     return Completion(reply(asked, agent_name, gender=gender, default_language=lang))

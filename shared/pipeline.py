@@ -6,15 +6,19 @@
     claim         3. exactly once: claim the record, or recover what a dead run left
     converse      4. memory, the prompt, the LLM and the tools it calls
     deliver       5. mark the record, post the reply, complete the record, store the exchange
+    hand_off      5'. or, when the model handed the message on: send the target's invocation
 
 A phase ends the run early by raising ``Skip`` (nothing to do) or a ``Failure`` (errors.py);
-``answer`` turns either into the outcome.
+``answer`` turns either into the outcome. A run shown as it goes (``typing``) emits its steps and
+its reply's text as they happen (streaming.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,14 +43,22 @@ from shared.infra.deadline import Deadline
 from shared.infra.observability import StepTimer, log_outcome
 from shared.llm import ChatRequest, Completion, Usage
 from shared.runtime import Runtime
-from shared.tools import BUILT_IN
+from shared.streaming import Typing
+from shared.tools import BUILT_IN, Handoff
 
 
 async def answer(
-    invocation: Invocation, rt: Runtime, *, delivery_id: str | None = None, **log_fields: str | None
+    invocation: Invocation,
+    rt: Runtime,
+    *,
+    delivery_id: str | None = None,
+    typing: Typing | None = None,
+    **log_fields: str | None,
 ) -> Outcome:
-    """Answer one invocation and return its outcome (logged with ``log_fields``, e.g. the trace, and counted once)."""
+    """Answer one invocation and return its outcome (logged with ``log_fields``, e.g. the trace, and
+    counted once); ``typing`` shows the run to a caller as it goes."""
     run = Run(invocation, rt)
+    run.typing = typing
     # One channel's invocations are answered in arrival order; other channels run in parallel.
     async with rt.locks.hold(f"{run.agent_id}/{run.channel_id}"):
         run.deadline = Deadline(rt.settings.runtime.deadline_s)  # from its turn: the wait for the lock is not spent
@@ -64,11 +76,16 @@ async def _phases(run: Run) -> Outcome:
         task = await what_to_answer(run, blueprint)
         await claim(run, task)
         reply = await converse(run, task, blueprint, variant)
+        if run.handoff is not None:
+            await hand_off(run, task, blueprint, run.handoff)
+            return run.handed_off()
         await deliver(run, task, blueprint, reply)
         return run.replied()
     except Skip as skip:
         return run.skipped(skip.reason)
     except StepFailed as failure:
+        if run.typing:
+            run.typing.reset()  # nothing of it is posted
         if run.side_effects:
             await run.finish_claim()  # a tool acted: never act twice, even if the reply is lost
         elif failure.step == "post" and isinstance(failure.error, DependencyError) and failure.error.uncertain:
@@ -141,10 +158,15 @@ async def what_to_answer(run: Run, blueprint: Blueprint) -> Task:
     if trigger.by_agent:
         raise Skip("agent_message")  # loop guard: agents never answer agents
     at = history.index(trigger)
+    final = prompt.turn(trigger, run.agent_id, cfg.max_text_chars)
+    handed = payload.handoff
+    if handed and handed.note:  # the other agent's words stay the member's side of the prompt, never system text
+        final = {**final, "content": f"{final['content']}\n\n({handed.from_agent}, handing this to you: {handed.note})"}
     return Task(
-        key=record_key(run.agent_id, trigger.id),
+        # each hop is its own record: an agent a message comes back to answers it (or hands it on) once more
+        key=record_key(run.agent_id, trigger.id if handed is None else f"{trigger.id}#hop{handed.hops}"),
         asked=trigger.text,
-        final=prompt.turn(trigger, run.agent_id, cfg.max_text_chars),
+        final=final,
         history=history[:at],
         since=history[at + 1 :],
         trigger=trigger,
@@ -175,6 +197,7 @@ async def claim(run: Run, task: Task) -> None:
         claimed = await run.rt.idempotency.claim(task.key, cfg.idempotency_in_progress_ttl_s)
     if claimed.state is ClaimState.COMPLETE:
         run.outcome.message_id = (claimed.result or {}).get("message_id")
+        run.outcome.handed_off_to = (claimed.result or {}).get("handed_off_to")
         raise Skip("duplicate")
     if claimed.state is ClaimState.IN_PROGRESS:
         # Retry once the claim could have expired: by then it is answered (a duplicate) or its
@@ -216,12 +239,15 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
             )
 
     # Instructions and the final turn always, then memory, then history newest first.
+    hops = inv.payload.handoff.hops if inv.payload.handoff else 0
     toolbox = rt.toolbox(
         blueprint.tools,
         agent_id=run.agent_id,
         microdao_id=run.microdao_id,
         context={"channel_id": run.channel_id, "trigger": task.key, "entrypoint": inv.entrypoint},
         history=task.history if task.trigger is None else [*task.history, task.trigger],
+        # a member's message may be handed on, a bounded number of hops: two agents never pass it back and forth
+        handoff_to=tuple(blueprint.handoff_to) if task.trigger and hops < cfg.agents.max_handoffs else (),
     )
     run.outcome.tool_calls = toolbox.calls
     limits = cfg.llm.limits(blueprint.model)
@@ -263,12 +289,17 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         completion = await ask_llm(run, request, blueprint)
         if not completion.tool_calls:
             break
+        if run.typing:
+            run.typing.reset()  # what the round said before its tool calls is not the reply
         if round_ == rounds:  # no round left to run them in: not run, and the outcome says so
             toolbox.capped += len(completion.tool_calls)
             break
         with run.step("tools"):
             messages = [*messages, completion.as_message(), *await toolbox.run(completion.tool_calls, run.thinking)]
         run.side_effects = toolbox.side_effects
+        if toolbox.handoff is not None:  # another agent answers: nothing more to say here
+            run.handoff = toolbox.handoff
+            return ""
     if toolbox.capped:
         run.outcome.notes.append(f"tool_calls_capped: {toolbox.capped} not run")
     reply = completion.text
@@ -277,7 +308,11 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         if run.outcome.llm_source == "llm":
             run.outcome.llm_source = "mock"
             run.outcome.notes.append("llm_empty_reply")
-    return reply[: cfg.runtime.max_reply_chars]
+    reply = reply[: cfg.runtime.max_reply_chars].rstrip()
+    if run.typing:  # the stream ends with the reply as it is posted
+        mock = run.outcome.llm_source == "mock"
+        await run.typing.settle(reply, in_words=mock, pace_s=cfg.llm.mock_pace_s if mock else 0.0)
+    return reply
 
 
 async def ask_llm(run: Run, request: ChatRequest, agent: Blueprint) -> Completion:
@@ -295,7 +330,7 @@ async def ask_llm(run: Run, request: ChatRequest, agent: Blueprint) -> Completio
                 return completion
         metrics.child(metrics.MOCK_FALLBACKS, run.agent_id).inc()
     run.outcome.llm_source = "mock"
-    tools = [t.name for t in request.tools if request.allow_tools]
+    tools = request.tools if request.allow_tools else []
     return mock_llm.complete(request.messages, tools, agent.name, gender=agent.gender, default_language=agent.language)
 
 
@@ -307,7 +342,9 @@ async def chat(run: Run, request: ChatRequest) -> Completion:
         if span.recording:
             _describe_request(span, run, request)
         try:
-            completion = await rt.llm.complete(request, run.thinking)
+            # a provider that streams shows the text as it comes; one that does not, whole at the end
+            on_text = run.typing.piece if run.typing and rt.llm.streams else None
+            completion = await rt.llm.complete(request, run.thinking, on_text=on_text)
         except Failure:
             metrics.child(metrics.LLM_CALLS, run.agent_id, rt.llm.name, "error").inc()
             raise
@@ -430,6 +467,37 @@ async def deliver(run: Run, task: Task, blueprint: Blueprint, reply: str) -> Non
             )
 
 
+async def hand_off(run: Run, task: Task, blueprint: Blueprint, handoff: Handoff) -> None:
+    """Send the target agent an invocation for the same message, the way invocations arrive here;
+    then post the blueprint's note, if it has one, and complete the record (a retry is a duplicate)."""
+    rt, payload, trigger = run.rt, run.invocation.payload, task.trigger
+    assert rt.handoff is not None and trigger is not None  # the tool is offered only then
+    hops = (payload.handoff.hops if payload.handoff else 0) + 1
+    body = payload.model_dump(mode="json", exclude_none=True)
+    body.pop("message_id", None)
+    body.pop("matrix_event_id", None)
+    body.update(_naming(trigger), handoff={"from_agent": run.agent_id, "note": handoff.note, "hops": hops})
+    invocation = {"agent_id": handoff.to, "entrypoint": run.invocation.entrypoint, "payload": body}
+    key = hashlib.sha256(f"{handoff.to}/{trigger.id}/{hops}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    with run.step("handoff"):
+        await rt.handoff.send(invocation, key, run.thinking)
+    run.side_effects = True  # sent: from here the record is completed whatever follows
+    run.outcome.handed_off_to = handoff.to
+    if blueprint.handoff_note:
+        note = blueprint.handoff_note.replace("{agent}", handoff.to.removeprefix("agent:").capitalize())
+        with run.step("post", optional=True):  # the target answers either way
+            run.outcome.message_id = await rt.messaging.post(run.agent_id, run.channel_id, note, run.deadline)
+    await run.finish_claim()
+
+
+def _naming(trigger: ChannelMessage) -> dict[str, str]:
+    """How the target's invocation names the message: its id when it is one an invocation can carry."""
+    try:
+        return {"message_id": str(uuid.UUID(trigger.id))}
+    except ValueError:
+        return {"matrix_event_id": trigger.matrix_event_id} if trigger.matrix_event_id else {}
+
+
 # --- one run ---------------------------------------------------------------------------------
 
 
@@ -461,9 +529,13 @@ class Run:
         self.digest: str | None = None  # of the reply this run began to post
         self.posting = False  # the reply was sent (or is being sent)
         self.tokens_today: int | None = None  # the agent's daily counter as last read, when it has a budget
+        self.typing: Typing | None = None  # the caller watching the run as it goes
+        self.handoff: Handoff | None = None  # the model handed the message to another agent
         self.outcome = Outcome(
             status="failed", agent_id=self.agent_id, entrypoint=invocation.entrypoint, channel_id=self.channel_id
         )
+        if payload.handoff:
+            self.outcome.handed_off_from = payload.handoff.from_agent
 
     def step(self, name: Step, *, optional: bool = False) -> RunStep:
         """Time a step; a failure fails the run, or only notes it when the step is optional."""
@@ -471,6 +543,9 @@ class Run:
 
     def replied(self) -> Outcome:
         return self._end("replied")
+
+    def handed_off(self) -> Outcome:
+        return self._end("handed_off")
 
     def skipped(self, reason: SkipReason) -> Outcome:
         self.outcome.reason = reason
@@ -488,6 +563,8 @@ class Run:
             key, token = self.claim
             self.claim = None
             result = {"message_id": self.outcome.message_id, "llm_source": self.outcome.llm_source}
+            if self.outcome.handed_off_to:
+                result["handed_off_to"] = self.outcome.handed_off_to
             with self.step("idempotency", optional=True):
                 await self.rt.idempotency.complete(
                     key, token, result, self.rt.settings.runtime.idempotency_complete_ttl_s
@@ -532,7 +609,9 @@ class RunStep:
         self.started = time.perf_counter()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        self.run.timer.add(self.name, self.started)
+        spent = self.run.timer.add(self.name, self.started)
+        if self.run.typing:
+            self.run.typing.step(self.name, spent)
         self.span.__exit__(kind, exc, tb)
         if not isinstance(exc, Failure):
             return False

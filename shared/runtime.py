@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import handoff as sinks
 from shared import idempotency as backends
 from shared import llm
 from shared.blueprints import BlueprintChain
@@ -14,6 +15,7 @@ from shared.clients.http import Endpoint
 from shared.clients.memory import MemoryClient
 from shared.clients.messaging import MessagingClient
 from shared.contracts import ChannelMessage
+from shared.handoff import InvocationSink
 from shared.idempotency import IdempotencyStore
 from shared.infra import settings as settings_module
 from shared.infra.ordering import KeyedLocks
@@ -37,12 +39,21 @@ class Runtime:
     idempotency: IdempotencyStore
     toolcore: Endpoint
     pdp: Endpoint
+    handoff: InvocationSink | None = None  # where a handoff's invocation goes; none: no handoff offered
     locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     def toolbox(
-        self, names: list[str], *, agent_id: str, microdao_id: str, context: dict, history: list[ChannelMessage]
+        self,
+        names: list[str],
+        *,
+        agent_id: str,
+        microdao_id: str,
+        context: dict,
+        history: list[ChannelMessage],
+        handoff_to: tuple[str, ...] = (),
     ) -> Toolbox:
-        """One run's tools: the blueprint's names, run through toolcore after the PDP permits."""
+        """One run's tools: the blueprint's names (and the handoff tool, when the run may hand off),
+        run through toolcore after the PDP permits."""
         t = self.settings.tools
         return Toolbox(
             self.toolcore,
@@ -56,7 +67,14 @@ class Runtime:
             t.max_result_chars,
             max_calls_per_turn=t.max_calls_per_turn,
             max_calls_per_run=t.max_calls_per_run,
+            handoff_to=handoff_to if self.handoff is not None else (),
         )
+
+    async def aclose(self) -> None:
+        """Close the connections this runtime opened itself (the handoff sink's); HTTP pools close with
+        ``shared.clients.http.aclose``."""
+        if self.handoff is not None:
+            await self.handoff.aclose()
 
     def nats_connected(self) -> bool | None:
         """The live state of this process's NATS connection; None when it has none."""
@@ -87,6 +105,7 @@ class Runtime:
                 s.tools.pdp_timeout_s,
                 2,
             ),
+            handoff=sinks.build(s),
         )
         rt.memory.warn_without_secret()  # once per process: runs only note the refusals
         _warn_if_open(s)

@@ -21,6 +21,8 @@ from shared.llm import Completion, ToolCall, ToolSpec
 from shared.llm.text_tools import new_marker, text_protocol
 
 BUILT_IN = "summarize_channel"
+HANDOFF = "handoff"  # built in: hand the message to another agent (pipeline.hand_off sends it)
+HANDOFF_TOOL_ID = "agent.handoff"  # what the PDP is asked to permit
 _TEXT = {"type": "string"}
 SPECS = {
     "create_task": ToolSpec(
@@ -47,8 +49,33 @@ def spec(name: str) -> ToolSpec:
 
 
 @lru_cache(maxsize=256)
-def _specs(names: tuple[str, ...]) -> list[ToolSpec]:
-    return [spec(name) for name in names]
+def _specs(names: tuple[str, ...], targets: tuple[str, ...]) -> list[ToolSpec]:
+    specs = [spec(name) for name in names if name != HANDOFF]
+    if targets:
+        specs.append(
+            ToolSpec(
+                HANDOFF,
+                "Hand this message to another agent, who answers it instead of you. Use it when the "
+                "question is that agent's field; then do not answer it yourself.",
+                {
+                    "type": "object",
+                    "properties": {
+                        "agent_id": {"type": "string", "enum": list(targets)},
+                        "note": {"type": "string", "description": "what the other agent should know"},
+                    },
+                    "required": ["agent_id"],
+                },
+            )
+        )
+    return specs
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A run's decision that another agent answers: which, and the note it passes on."""
+
+    to: str
+    note: str | None
 
 
 @dataclass
@@ -64,19 +91,21 @@ class Toolbox:
     max_result_chars: int
     max_calls_per_turn: int = 3
     max_calls_per_run: int = 5
+    handoff_to: tuple[str, ...] = ()  # agents the handoff tool may name; empty: not offered
     calls: list[dict[str, str]] = field(default_factory=list)  # {"tool", "result"}, for the outcome
     side_effects: bool = False  # a toolcore call may have changed something: never run this trigger again
     capped: int = 0  # calls past the caps, not run
     marker: str = field(default_factory=new_marker)  # this run's text protocol marker
+    handoff: Handoff | None = None  # the handoff the model asked for, permitted
     _answers: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # a call's first answer
 
     @property
     def specs(self) -> list[ToolSpec]:
-        return _specs(tuple(self.names))
+        return _specs(tuple(self.names), self.handoff_to)
 
     def text_protocol(self) -> str | None:
         """How a model without native tools is told about these, with this run's marker."""
-        return text_protocol(self.specs, self.marker) if self.names else None
+        return text_protocol(self.specs, self.marker) if self.specs else None
 
     async def run(self, calls: list[ToolCall], deadline: Deadline) -> list[dict[str, Any]]:
         """The tool turns that answer ``calls``, in order. A call repeated with the same arguments gets
@@ -102,7 +131,9 @@ class Toolbox:
         return turns
 
     async def _call(self, call: ToolCall, deadline: Deadline) -> tuple[str, dict[str, Any]]:
-        if call.name not in self.names:
+        if call.name == HANDOFF and self.handoff_to:
+            return await self._hand_off(call.arguments, deadline)
+        if call.name not in self.names or call.name == HANDOFF:
             return "error", {"ok": False, "error": f"no tool named {call.name}"}
         if call.arguments is None:
             return "error", {"ok": False, "error": "arguments must be a JSON object"}
@@ -138,6 +169,19 @@ class Toolbox:
             error = data.get("error") if isinstance(data, dict) else None
             return "error", {"ok": False, "error": str(error or "toolcore answered without ok")}
         return "ok", {"ok": True, "result": data.get("result")}
+
+    async def _hand_off(self, arguments: dict[str, Any] | None, deadline: Deadline) -> tuple[str, dict[str, Any]]:
+        """Decide the handoff (the run sends it once the model is done): a listed agent, permitted."""
+        target = (arguments or {}).get("agent_id")
+        if target not in self.handoff_to:
+            return "error", {"ok": False, "error": f"agent_id must be one of: {', '.join(self.handoff_to)}"}
+        if self.handoff is not None and self.handoff.to != target:
+            return "error", {"ok": False, "error": f"already handed to {self.handoff.to}"}
+        if not await self._permitted(HANDOFF_TOOL_ID, deadline):
+            return "denied", {"ok": False, "error": "not permitted by policy"}
+        note = (arguments or {}).get("note")
+        self.handoff = Handoff(target, note[:1000] if isinstance(note, str) and note.strip() else None)
+        return "ok", {"ok": True, "result": f"handed to {target}"}
 
     async def _permitted(self, tool_id: str, deadline: Deadline) -> bool:
         """Only an explicit permit allows a call; no answer is a deny."""

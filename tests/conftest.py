@@ -117,6 +117,28 @@ async def nats_server(tmp_path):
 
 
 @pytest.fixture
+async def nc(nats_server):
+    """A NATS client of the test's nats-server."""
+    import nats
+
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def scripted_function():
+    """A scripted invoke function (tests/runner_support.py), served on loopback; its URL is ``.url``."""
+    from tests.runner_support import ScriptedFunction
+
+    fn = ScriptedFunction()
+    served = Served(fn.app)
+    fn.url = f"{served.url}/invoke"
+    yield fn
+    served.stop()
+
+
+@pytest.fixture
 def logs(caplog):
     """caplog, also fed by the agent_runtime loggers when they do not propagate (once configured)."""
     logger = logging.getLogger("agent_runtime")

@@ -10,15 +10,17 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from runner.bridge import Bridge, flushed
+from shared.infra import sse
 from shared.infra.settings import NatsSettings, RunnerSettings, RuntimeSettings, Settings
 from tests.conftest import invocation
 
@@ -47,12 +49,36 @@ def failed(error: str, *, retryable: bool = True) -> dict[str, Any]:
     return {"status": "failed", "agent_id": "agent:sofia", "retryable": retryable, "error": error}
 
 
+@dataclass
+class Streamed:
+    """A body answered as server-sent events to a call that asks for them, the way the function
+    streams a run: each item an event (name, data), a pause (seconds), or a gate (waited for).
+    Asked for JSON, it answers its final event's data (an ``error``'s with 500)."""
+
+    items: list[tuple[str, Any] | float | threading.Event]
+
+    async def events(self) -> AsyncIterator[bytes]:
+        for item in self.items:
+            if isinstance(item, threading.Event):
+                await asyncio.to_thread(item.wait, 15)
+            elif isinstance(item, float | int):
+                await asyncio.sleep(item)
+            else:
+                yield sse.encode(*item)
+
+    def answer(self, headers: dict[str, str]) -> Response:
+        """What a call that did not ask for events gets."""
+        name, data = [item for item in self.items if isinstance(item, tuple)][-1]
+        return JSONResponse(data, status_code=500 if name == "error" else 200, headers=headers)
+
+
 class ScriptedFunction:
     """An HTTP server standing where the invoke function would: answers from a script, records calls.
 
     ``script`` maps a call number (1-based, per message body) to (status, body, headers); calls not
-    in it answer 200. A body that is a str is sent as text (a proxy's page), anything else as JSON.
-    ``scripts`` does the same for one body. ``delay_s`` makes every call slow. ``GET /health`` answers 200.
+    in it answer 200. A body that is a str is sent as text (a proxy's page), a ``Streamed`` as events
+    (when asked for), anything else as JSON. ``scripts`` does the same for one body. ``delay_s`` makes
+    every call slow. ``GET /health`` answers 200.
     """
 
     def __init__(self) -> None:
@@ -79,11 +105,21 @@ class ScriptedFunction:
             await asyncio.sleep(self.delay_s)
         script = self.scripts.get(body, self.script)
         status, payload, headers = script.get(n, (200, {"status": "replied"}, {}))
+        if isinstance(payload, Streamed) and sse.wants_stream(request.headers.get("accept")):
+            return StreamingResponse(self._streamed(body, payload), status_code=status, media_type=sse.MEDIA_TYPE)
         with self._lock:
             self.completed.append(body)
+        if isinstance(payload, Streamed):
+            return payload.answer(headers)
         if isinstance(payload, str):
             return PlainTextResponse(payload, status_code=status, headers=headers)
         return JSONResponse(payload, status_code=status, headers=headers)
+
+    async def _streamed(self, body: bytes, streamed: Streamed) -> AsyncIterator[bytes]:
+        async for event in streamed.events():
+            yield event
+        with self._lock:
+            self.completed.append(body)
 
 
 def bridge(nats_url: str, function_url: str, *, function_secret: str | None = None, **runner: Any) -> Bridge:

@@ -395,3 +395,37 @@ def test_importing_the_functions_does_not_import_boto3():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_handoff_lands_on_the_invocation_queue_and_the_target_answers_it_from_there(stack, aws, queues):
+    aws(LLM_PROXY_URL="", AGENT_RUNTIME__HANDOFF__SINK="sqs", INVOCATION_QUEUE_URL=queues.main)
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "ask Helion: how much is in the treasury?")
+
+    status, outcome, _ = call("POST", "/invoke", invocation(channel, message_id=message["id"]))
+
+    assert status == 200 and outcome["status"] == "handed_off" and outcome["handed_off_to"] == "agent:helion"
+    [queued] = queues.sqs.receive_message(QueueUrl=queues.main, MaxNumberOfMessages=10)["Messages"]
+    sent = json.loads(queued["Body"])
+    assert sent["agent_id"] == "agent:helion" and sent["payload"]["message_id"] == message["id"]
+    assert sent["payload"]["handoff"]["from_agent"] == "agent:sofia"
+    record = {
+        "messageId": queued["MessageId"],
+        "receiptHandle": queued["ReceiptHandle"],
+        "body": queued["Body"],
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:eu-central-1:123456789012:invocations",
+    }
+    assert handler("InvokeFunction")({"Records": [record]}, CONTEXT) == {"batchItemFailures": []}
+    said = [m["sender_id"] for m in stack.messaging.channels[channel] if m["sender_id"].startswith("agent:")]
+    assert said == ["agent:sofia", "agent:helion"]  # Sofia's note, then Helion's one reply
+
+
+def test_a_stream_is_not_available_behind_api_gateway_the_json_outcome_is(stack, aws):
+    channel = stack.channel()
+    stack.messaging.add_message(channel, "hello")
+    status, outcome, headers = call("POST", "/invoke", invocation(channel), headers={"Accept": "text/event-stream"})
+    assert status == 200 and outcome["status"] == "replied"
+    assert headers["content-type"] == "application/json"

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import mock_llm
+from shared import tools as tools_module
 from shared.clients.memory import MemoryClient
 from shared.clients.messaging import MessagingClient
 from shared.contracts import ChannelMessage, Invocation
@@ -285,6 +286,6 @@ message = st.fixed_dictionaries(
 @FAST
 @given(st.lists(message, max_size=6), st.lists(st.sampled_from(["create_task", "list_projects"]), max_size=2))
 def test_mock_conversation(messages, tools):
-    completion = mock_llm.complete(messages, tools, "Sofia")
+    completion = mock_llm.complete(messages, [tools_module.spec(name) for name in tools], "Sofia")
     assert isinstance(completion, Completion) and isinstance(completion.text, str)
     assert completion.text.strip() or completion.tool_calls

@@ -32,9 +32,8 @@ from shared.idempotency.nats import NatsKvStore
 from shared.infra import settings
 from shared.infra.nats_connect import NatsRefused, connect, connect_options
 from shared.infra.settings import NatsSettings, Settings
-from standins.server import Served
 from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import ScriptedFunction, eventually
+from tests.runner_support import eventually
 
 PASSWORD = "pa55-" + secrets.token_hex(8)  # random, so that finding it in a log line means it leaked
 TOKEN = "t0ken-" + secrets.token_hex(8)
@@ -332,12 +331,8 @@ def with_nats(**nats: Any) -> Settings:
 
 
 @pytest.fixture
-def function():
-    fn = ScriptedFunction()
-    served = Served(fn.app)
-    fn.url = f"{served.url}/invoke"
-    yield fn
-    served.stop()
+def function(scripted_function):
+    return scripted_function
 
 
 @pytest.mark.parametrize("name", CASES)

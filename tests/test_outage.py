@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 
-import nats
 import pytest
 
 from runner import metrics
@@ -45,13 +44,6 @@ def function():
     f = Restartable()
     yield f
     f.down()
-
-
-@pytest.fixture
-async def nc(nats_server):
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 def sample(name: str) -> float:

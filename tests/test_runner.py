@@ -27,19 +27,8 @@ MODES = ["core", "jetstream"]
 
 
 @pytest.fixture
-async def nc(nats_server):
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def function():
-    fn = ScriptedFunction()
-    served = Served(fn.app)
-    fn.url = f"{served.url}/invoke"
-    yield fn
-    served.stop()
+def function(scripted_function):
+    return scripted_function
 
 
 @pytest.fixture

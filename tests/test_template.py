@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared import handoff
 from shared.infra import settings
 from tests.aws import properties, template
 from tests.conftest import ROOT
@@ -103,3 +104,25 @@ def test_policies_are_least_privilege():
     invoke = actions("InvokeFunction")
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "sqs:SendMessage"} <= invoke
     assert not {"dynamodb:Scan", "dynamodb:Query", "dynamodb:GetItem"} & invoke
+
+
+def test_invoke_hands_off_to_the_invocation_queue_and_only_it_may_send_there():
+    """InvokeFunction's handoffs go to InvocationQueue (the sqs sink, its URL from INVOCATION_QUEUE_URL),
+    and sending is allowed there and to the dead letters, nowhere else."""
+    env = environment("InvokeFunction")
+    assert env["AGENT_RUNTIME__HANDOFF__SINK"] == "sqs"
+    assert env["INVOCATION_QUEUE_URL"] == {"Ref": "InvocationQueue"}
+    loaded = settings.load({**{k: v for k, v in env.items() if isinstance(v, str)}, "INVOCATION_QUEUE_URL": "q"})
+    sink = handoff.build(loaded)
+    assert sink is not None and sink.name == "sqs" and loaded.handoff.sqs_queue_url == "q"
+
+    sends = [
+        s["Resource"]
+        for s in statements("InvokeFunction")
+        if "sqs:SendMessage" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ]
+    queue, dead_letters = {"Fn::GetAtt": ["InvocationQueue", "Arn"]}, {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert sorted(sends, key=str) == sorted([queue, dead_letters], key=str)
+    for function in ("TestChannelFunction", "HealthFunction"):  # no queue to send to: no handoff offered
+        assert "AGENT_RUNTIME__HANDOFF__SINK" not in environment(function)
+        assert "sqs:SendMessage" not in actions(function)

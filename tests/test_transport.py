@@ -9,20 +9,22 @@ from collections.abc import Callable
 import pytest
 
 from shared.clients import transport
-from shared.clients.transport import ConnectFailed, Disconnected, PlainHttp, Timeout, TooLarge
+from shared.clients.transport import AioHttp, ConnectFailed, Disconnected, PlainHttp, Timeout, TooLarge
 from tests.conftest import free_port
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 class RawServer:
-    """Answers each request with ``answer(n)`` (n counts requests from 1); records heads and connections."""
+    """Answers each request with ``answer(n)`` (n counts requests from 1); records heads and connections.
+    An answer in parts is written a part at a time, each once the client ``took`` the one before."""
 
-    def __init__(self, answer: Callable[[int], bytes | None]) -> None:
+    def __init__(self, answer: Callable[[int], bytes | list[bytes] | None]) -> None:
         self.answer = answer
         self.heads: list[bytes] = []
         self.connections = 0
         self.port = free_port()
+        self.took = asyncio.Event()
 
     async def __aenter__(self) -> RawServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
@@ -47,9 +49,14 @@ class RawServer:
                         await asyncio.sleep(30)
                     writer.close()
                     return
-                writer.write(answer)
-                await writer.drain()
-                if b"Connection: close" in answer or answer.endswith(b"#close"):
+                parts = answer if isinstance(answer, list) else [answer]
+                for n, part in enumerate(parts):
+                    if n:
+                        await self.took.wait()
+                        self.took.clear()
+                    writer.write(part)
+                    await writer.drain()
+                if b"Connection: close" in parts[0] or parts[-1].endswith(b"#close"):
                     writer.close()
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -151,3 +158,93 @@ async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool():
         assert (await send(http, server.url())).body == b"ok"
         await http.aclose()
     assert server.connections == 2
+
+
+# --- a streamed answer, piece by piece -----------------------------------------------------------
+
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+CHUNKED = STREAM_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+BOTH = pytest.mark.parametrize("make", [PlainHttp, AioHttp], ids=["plain", "aiohttp"])
+
+
+async def _stream(
+    http: PlainHttp | AioHttp, server: RawServer, max_bytes: int = 1024
+) -> tuple[transport.Reply, list[bytes]]:
+    """A GET whose streamed pieces are recorded, each telling the server it may send the next."""
+    pieces: list[bytes] = []
+
+    def on_chunk(piece: bytes) -> None:
+        pieces.append(piece)
+        server.took.set()
+
+    try:
+        reply = await http.send("GET", server.url(), {}, None, 2.0, max_bytes, on_chunk)
+    finally:
+        await http.aclose()
+    return reply, pieces
+
+
+@BOTH
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        # chunked, a chunk split mid-way: its first half goes out before the second is sent
+        ([CHUNKED + b"5\r\nhel", b"lo\r\n", b"6\r\n world\r\n0\r\n\r\n"], [b"hel", b"lo", b" world"]),
+        ([STREAM_HEAD + b"Content-Length: 11\r\n\r\nhello", b" world"], [b"hello", b" world"]),  # Content-Length
+    ],
+    ids=["chunked", "content-length"],
+)
+async def test_a_streamed_answer_reaches_on_chunk_as_it_arrives(make, parts, expected):
+    async with RawServer(lambda n: parts) as server:
+        reply, pieces = await _stream(make(), server)
+    assert (reply.status, reply.body, pieces) == (200, b"", expected)
+
+
+@BOTH
+async def test_a_stream_cut_short_ends_its_answer_for_its_reader_to_judge(make):
+    async with RawServer(lambda n: [CHUNKED + b"10\r\nhalf", b"#close"]) as server:
+        reply, pieces = await _stream(make(), server)
+    assert (reply.status, b"".join(pieces)) == (200, b"half#close")
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",  # not a stream
+        b"HTTP/1.1 503 Busy\r\nContent-Type: text/event-stream\r\nContent-Length: 2\r\n\r\n{}",  # not a 2xx
+    ],
+    ids=["json", "503"],
+)
+async def test_an_answer_that_is_not_a_2xx_stream_is_read_whole(make, answer):
+    async with RawServer(lambda n: answer) as server:
+        reply, pieces = await _stream(make(), server)
+    assert (reply.body, pieces) == (b"{}", [])
+
+
+async def test_without_on_chunk_an_event_stream_is_read_whole_and_its_connection_kept():
+    async with RawServer(lambda n: CHUNKED + b"5\r\nhello\r\n0\r\n\r\n") as server:
+        http = PlainHttp()
+        first, second = await send(http, server.url()), await send(http, server.url())
+        await http.aclose()
+    assert first.body == second.body == b"hello" and server.connections == 1
+
+
+@BOTH
+async def test_a_stream_is_bounded_and_what_on_chunk_raises_is_the_calls_error(make):
+    big = CHUNKED + b"14\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n"
+    async with RawServer(lambda n: big) as server:
+        with pytest.raises(TooLarge):
+            await _stream(make(), server, max_bytes=10)
+
+    def refuse(piece: bytes) -> None:
+        raise ValueError("not a stream its reader can read")
+
+    async with RawServer(lambda n: CHUNKED + b"5\r\nhello\r\n0\r\n\r\n" if n == 1 else OK) as server:
+        http = make()
+        with pytest.raises(ValueError, match="its reader"):
+            await http.send("GET", server.url(), {}, None, 2.0, 1024, refuse)
+        assert (await http.send("GET", server.url(), {}, None, 2.0, 1024)).body == b"ok"  # the next call is served
+        await http.aclose()

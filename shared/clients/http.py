@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode
 
 from shared.clients import transport
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from tenacity import RetryCallState
 
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# a streamed answer is not kept, and its events wrap every few characters in a JSON envelope
+MAX_STREAM_BYTES = 4 * MAX_RESPONSE_BYTES
 
 
 def session() -> aiohttp.ClientSession:
@@ -49,6 +51,19 @@ def _status_error(dependency: str, status: int, retry_after: str | None) -> Depe
             retry_after=backoff.retry_after(retry_after),
         )
     return DependencyError(dependency, "rejected", f"HTTP {status}", status=status, retryable=False)
+
+
+class Stream(Protocol):
+    """Takes an answer streamed as events (text/event-stream) as it arrives, for one call and its retries."""
+
+    def feed(self, chunk: bytes) -> None:
+        """The body's next piece, as it arrived; raises ``DependencyError`` on what cannot be read."""
+
+    def finish(self) -> None:
+        """The body ended; raises ``DependencyError`` when the stream had not reached its own end."""
+
+    def rewind(self) -> bool:
+        """Before a retry: forget what arrived; False once part of it reached the caller (no retry then)."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +102,18 @@ class Endpoint:
         json_body: Any = None,
         params: dict[str, str] | None = None,
         retry: bool = True,
+        stream: Stream | None = None,
     ) -> Any:
         """Call the dependency and return its JSON answer.
 
         ``retry`` is for calls that are safe to repeat; a call that is not (posting a reply) is
-        repeated only when the request provably never left this process.
+        repeated only when the request provably never left this process. An answer streamed as events
+        goes to ``stream`` as it arrives (the call returns None), and is repeated only while it can rewind.
         """
         try:  # most calls succeed at once: they pay for no retry machinery
-            return await self._once(method, path, deadline, json_body, params)
+            return await self._once(method, path, deadline, json_body, params, stream)
         except DependencyError as exc:
-            if not self._repeatable(exc, retry) or self.attempts == 1:
+            if not self._repeatable(exc, retry, stream) or self.attempts == 1:
                 raise
             first_failure: DependencyError | None = exc
         from tenacity import AsyncRetrying, retry_if_exception  # only once a call has failed
@@ -111,7 +128,7 @@ class Endpoint:
         # A retry: tenacity drives the rest. Its first attempt is the failure above, so it waits
         # (backoff with jitter, or the server's Retry-After) before calling again.
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, DependencyError) and self._repeatable(e, retry)),
+            retry=retry_if_exception(lambda e: isinstance(e, DependencyError) and self._repeatable(e, retry, stream)),
             stop=stop,
             wait=wait,
             reraise=True,
@@ -120,15 +137,21 @@ class Endpoint:
                 if first_failure is not None:
                     failed, first_failure = first_failure, None
                     raise failed
-                return await self._once(method, path, deadline, json_body, params)
+                return await self._once(method, path, deadline, json_body, params, stream)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _repeatable(exc: DependencyError, retry: bool) -> bool:
-        return exc.retryable and (retry or not exc.sent)
+    def _repeatable(exc: DependencyError, retry: bool, stream: Stream | None) -> bool:
+        return exc.retryable and (retry or not exc.sent) and (stream is None or stream.rewind())
 
     async def _once(
-        self, method: str, path: str, deadline: Deadline, json_body: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        json_body: Any,
+        params: dict[str, str] | None,
+        stream: Stream | None = None,
     ) -> Any:
         timeout = deadline.cap(self.timeout_s)
         if timeout <= 0:
@@ -137,6 +160,7 @@ class Endpoint:
         url = self._base + path + ("?" + urlencode(params, errors="ignore") if params else "")
         body = None if json_body is None else jsoncodec.dumps(json_body)
         headers = self._headers if json_body is None else self._json_headers
+        cap, on_chunk = (MAX_RESPONSE_BYTES, None) if stream is None else (MAX_STREAM_BYTES, stream.feed)
         with telemetry.span(f"{method} {self.name}", telemetry.CLIENT) as span:
             if span.recording:  # the query (a post's text) stays out
                 span.set("http.request.method", method)
@@ -144,7 +168,7 @@ class Endpoint:
                 span.set("peer.service", self.name)
             headers = span.inject(headers)  # the service called joins the trace (or learns it is not sampled)
             try:
-                reply = await transport.for_url(url).send(method, url, headers, body, timeout, MAX_RESPONSE_BYTES)
+                reply = await transport.for_url(url).send(method, url, headers, body, timeout, cap, on_chunk)
             except transport.TooLarge:
                 raise DependencyError(self.name, "bad_response", "answer too large", retryable=False) from None
             except transport.Timeout as exc:
@@ -155,6 +179,8 @@ class Endpoint:
             if reply.status >= 400:
                 raise _status_error(self.name, reply.status, reply.retry_after)
         if not reply.body:
+            if stream is not None:  # streamed (or empty, which no whole answer is either)
+                stream.finish()
             return None
         try:
             return jsoncodec.loads(reply.body)

@@ -1,7 +1,11 @@
 """How a dependency call goes over the wire: two transports behind one small interface.
 
-``send(method, url, headers, body, timeout_s, max_bytes) -> Reply`` raises ``ConnectFailed`` (the
-request never left), ``Timeout``, ``Disconnected`` (it may have arrived) or ``TooLarge``.
+``send(method, url, headers, body, timeout_s, max_bytes, on_chunk=None) -> Reply`` raises ``ConnectFailed``
+(the request never left), ``Timeout``, ``Disconnected`` (it may have arrived) or ``TooLarge``. Given
+``on_chunk``, a 2xx event stream (an LLM's answer) is handed to it piece by piece as it arrives, not
+kept (its Reply's body is empty); it ends when its connection does, however it was framed: whether it
+is whole is for its reader to tell (an event stream ends with its own last event). What ``on_chunk``
+raises is the call's error, as raised.
 
 - ``PlainHttp`` for ``http://`` services (DAARION's own, inside its network): HTTP/1.1 over pooled
   keep-alive connections, responses parsed by httptools (the C parser uvicorn serves with). It
@@ -16,8 +20,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
+
+from shared.infra import sse
 
 if TYPE_CHECKING:
     import aiohttp
@@ -57,6 +64,7 @@ class TooLarge(TransportError):
 MAX_HEADER_BYTES = 64 * 1024
 IDLE_S = 4.0  # a pooled connection idle longer is closed, not reused: servers close theirs after a few seconds
 MAX_IDLE_PER_HOST = 32
+_EVENT_STREAM = sse.MEDIA_TYPE.encode()
 
 
 class _Connection(asyncio.Protocol):
@@ -71,16 +79,19 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reusable = False
         self._waiter: asyncio.Future[Reply] | None = None
+        self._on_chunk: Callable[[bytes], None] | None = None
         self._reset(0)
 
     def _reset(self, max_bytes: int) -> None:
-        self._error: TransportError | None = None  # what a callback found wrong
+        self._error: Exception | None = None  # what a callback found wrong
         self._body: list[bytes] = []
         self._size = self._header_bytes = 0
         self._max_bytes = max_bytes
         self._retry_after: str | None = None
         self._delimited = False  # Content-Length or chunked: else the body ends when the server closes
         self._headers_done = False
+        self._event_stream = False  # its Content-Type says so, and the caller takes one (on_chunk)
+        self._stream_to: Callable[[bytes], None] | None = None  # on_chunk, when this answer's body goes to it
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -100,7 +111,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self._headers_done and not self._delimited:  # a body that ends with the connection: complete
+        # a body that ends with the connection is complete; a stream's reader tells whether it is whole
+        if self._headers_done and (self._stream_to is not None or not self._delimited):
             self._answer()
         self._fail(Disconnected("the server closed the connection"))
 
@@ -125,19 +137,30 @@ class _Connection(asyncio.Protocol):
                 raise self._error
         elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
             self._delimited = True
+        elif self._on_chunk is not None and lowered == b"content-type":
+            self._event_stream = value.lower().startswith(_EVENT_STREAM)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status in (204, 304):
             self._delimited = True  # no body, whatever the headers say
         self._headers_done = True
+        if self._event_stream and 200 <= status < 300:  # an error's body is read whole, as any other
+            self._stream_to = self._on_chunk
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self._max_bytes:
             self._error = TooLarge("answer too large")
             raise self._error
-        self._body.append(body)
+        if self._stream_to is None:
+            self._body.append(body)
+            return
+        try:
+            self._stream_to(body)
+        except Exception as exc:  # the reader's verdict on what arrived: the call's error
+            self._error = exc
+            raise
 
     def on_message_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:  # an interim answer (100, 103): the real one follows
@@ -151,16 +174,19 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(Reply(self._parser.get_status_code(), self._retry_after, b"".join(self._body)))
 
     # the caller's side
-    def request(self, head: bytes, body: bytes | None, max_bytes: int) -> asyncio.Future[Reply]:
+    def request(
+        self, head: bytes, body: bytes | None, max_bytes: int, on_chunk: Callable[[bytes], None] | None
+    ) -> asyncio.Future[Reply]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
+        self._on_chunk = on_chunk
         self._reset(max_bytes)
         self.reusable = False
         self.transport.write(head + body if body else head)
         self.written = True
         return self._waiter
 
-    def _fail(self, exc: TransportError) -> None:
+    def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
         self._close()
@@ -180,7 +206,14 @@ class PlainHttp:
         self._closed = False
 
     async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout_s: float, max_bytes: int
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout_s: float,
+        max_bytes: int,
+        on_chunk: Callable[[bytes], None] | None = None,
     ) -> Reply:
         host, port, head = _request_head(method, url, headers, body)
         loop = asyncio.get_running_loop()
@@ -193,7 +226,7 @@ class PlainHttp:
                         _, connection = await loop.create_connection(_Connection, host, port)
                     except OSError as exc:
                         raise ConnectFailed(f"cannot connect ({exc.strerror or 'refused'})") from None
-                reply = await connection.request(head, body, max_bytes)
+                reply = await connection.request(head, body, max_bytes, on_chunk)
         except TimeoutError:
             if connection is None or not connection.written:
                 raise ConnectFailed(f"could not connect within {timeout_s:.1f}s") from None
@@ -269,7 +302,14 @@ class AioHttp:
         )
 
     async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, timeout_s: float, max_bytes: int
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout_s: float,
+        max_bytes: int,
+        on_chunk: Callable[[bytes], None] | None = None,
     ) -> Reply:
         import aiohttp
 
@@ -282,7 +322,9 @@ class AioHttp:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as response:
-                return Reply(response.status, response.headers.get("Retry-After"), await _read(response, max_bytes))
+                streams = 200 <= response.status < 300 and response.content_type == sse.MEDIA_TYPE
+                body = await _read(response, max_bytes, on_chunk if streams else None)
+                return Reply(response.status, response.headers.get("Retry-After"), body)
         except aiohttp.ClientConnectorError as exc:
             raise ConnectFailed(f"cannot connect ({exc.os_error.strerror or 'refused'})") from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -294,18 +336,30 @@ class AioHttp:
         await self.session.close()
 
 
-async def _read(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+async def _read(
+    response: aiohttp.ClientResponse, max_bytes: int, on_chunk: Callable[[bytes], None] | None = None
+) -> bytes:
+    """The body, or with ``on_chunk`` nothing: each piece went to it as it arrived."""
+    import aiohttp
+
     declared = response.content_length
-    if declared is not None:  # the usual case: one read of a size known to be within the cap
-        if declared > max_bytes:
-            raise TooLarge("answer too large")
+    if declared is not None and declared > max_bytes:
+        raise TooLarge("answer too large")
+    if declared is not None and on_chunk is None:  # the usual case: one read of a size known to be within the cap
         return await response.read()
-    chunks, size = [], 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge("answer too large")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    take = on_chunk or chunks.append
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > max_bytes:
+                raise TooLarge("answer too large")
+            take(chunk)
+    except aiohttp.ClientPayloadError:
+        if on_chunk is None:
+            raise
+        # a stream cut short: its reader tells, by the last event it saw
     return b"".join(chunks)
 
 

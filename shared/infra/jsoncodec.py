@@ -16,7 +16,10 @@ def loads(data: bytes | str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)  # e.g. a service that cut an emoji in half: the stdlib reads it
+        try:
+            return json.loads(data)  # e.g. a service that cut an emoji in half: the stdlib reads it
+        except RecursionError:  # nested past what the stdlib recurses into: still just not JSON to us
+            raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: Any, *, default: Any = None) -> bytes:

@@ -86,10 +86,12 @@ class StepTimer:
         self.timings_ms: dict[str, float] = {}
         self._started = time.perf_counter()
 
-    def add(self, name: str, started: float) -> None:
-        """Add the time since ``started`` (perf_counter) to a step: LLM and tool rounds add up."""
+    def add(self, name: str, started: float) -> float:
+        """Add the time since ``started`` (perf_counter) to a step (LLM and tool rounds add up); the
+        milliseconds added."""
         spent = (time.perf_counter() - started) * 1000
         self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + spent, 2)
+        return spent
 
     def total(self) -> dict[str, float]:
         return {**self.timings_ms, "total": round((time.perf_counter() - self._started) * 1000, 2)}

@@ -87,6 +87,7 @@ class LlmSettings(ServiceSettings):
     max_tokens: int = Field(1000, ge=1, le=32000)
     temperature: float = Field(0.7, ge=0, le=2)
     mock_fallback: bool = True
+    mock_pace_s: float = Field(0.0, ge=0, le=1)  # a streamed mock reply: the pause between its words (the demo)
     default_limits: ModelLimits = ModelLimits()  # for a model not listed in ``models``
     models: dict[str, ModelLimits] = Field(
         default_factory=lambda: {
@@ -123,6 +124,7 @@ class AgentsSettings(ServiceSettings):
     cache_size: int = Field(1024, ge=1)  # blueprints kept (LRU)
     known: list[str] = Field(default_factory=list)  # ids answered by the built-in agent with no blueprint
     allow_unknown: bool = False  # answer any other id with the built-in agent too
+    max_handoffs: int = Field(2, ge=0, le=10)  # hops a message may be handed on; past them the tool is not offered
 
 
 class ToolsSettings(ServiceSettings):
@@ -197,6 +199,17 @@ class IdempotencySettings(_Section):
     dynamodb_table: str = "agent-runtime-idempotency"
 
 
+class HandoffSettings(_Section):
+    """Where a handoff sends the target agent's invocation: the way invocations arrive on the platform."""
+
+    sink: str = "none"  # a name in shared/handoff SINKS: none (no handoff offered), nats, sqs, pubsub
+    subject: str | None = None  # nats: where to publish; none: nats.invocation_subject
+    sqs_queue_url: str = ""  # sqs: the invocation queue
+    pubsub_topic: str = ""  # pubsub: projects/<project>/topics/<topic>
+    pubsub_url: str = "https://pubsub.googleapis.com"  # pubsub: the API (an emulator's URL in tests)
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class RunnerSettings(_Section):
     """local_runner.py, the NATS-to-HTTP bridge: each field is also its command-line option."""
 
@@ -223,6 +236,9 @@ class RunnerSettings(_Section):
         1, ge=1, le=5, description="jetstream: copies of the stream and its dead letters (3 in a NATS cluster)"
     )
     dlq_subject: str | None = Field(None, description="where dead letters go; none: <subject>.dlq")
+    stream_subject: str | None = Field(
+        None, description="publish each reply's text as it is typed on <subject>.<agent>.<channel>; none: no stream"
+    )
 
 
 class Settings(BaseSettings):
@@ -241,6 +257,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    handoff: HandoffSettings = HandoffSettings()
     runner: RunnerSettings = RunnerSettings()
 
     @classmethod
@@ -283,6 +300,7 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "TOOLCORE_SECRET": ("tools", "secret"),
     "PDP_SERVICE_URL": ("tools", "pdp_url"),
     "PDP_SERVICE_SECRET": ("tools", "pdp_secret"),
+    "INVOCATION_QUEUE_URL": ("handoff", "sqs_queue_url"),
 }
 
 

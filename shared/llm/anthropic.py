@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from shared.clients.http import Endpoint
-from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, reported_usage, text_or_none
+from shared.errors import DependencyError
+from shared.infra.sse import Event
+from shared.llm.base import ChatRequest, Completion, Provider, StreamReader, ToolCall, reported_usage, text_or_none
 
 
 class AnthropicProvider(Provider):
@@ -17,6 +20,7 @@ class AnthropicProvider(Provider):
     path = "/v1/messages"
     probe_path = "/v1/models"
     native_tools = True
+    streams = True
 
     @classmethod
     def from_settings(cls, s: Any) -> AnthropicProvider:
@@ -71,6 +75,81 @@ class AnthropicProvider(Provider):
             text_or_none(data.get("model")),
             text_or_none(data.get("stop_reason")),
         )
+
+    def reader(self, request: ChatRequest, on_text: Callable[[str], None]) -> StreamReader:
+        return AnthropicStream(self, request, on_text)
+
+
+# a content block's type: the type of its delta events, and the field that holds their piece
+_DELTAS = {"text": ("text_delta", "text"), "tool_use": ("input_json_delta", "partial_json")}
+
+
+class AnthropicStream(StreamReader):
+    """Messages streaming events: ``message_start`` (model, input tokens), each content block's start,
+    its ``text_delta`` or ``input_json_delta`` pieces, then ``message_delta`` (stop reason, output
+    tokens) and ``message_stop``; ``error`` is the API's error, mid-stream."""
+
+    asks: ClassVar[dict[str, Any]] = {"stream": True}
+
+    def start(self) -> None:
+        self._message: dict[str, Any] = {"usage": {}}
+        self._blocks: dict[int, dict[str, Any]] = {}  # by index, as content_block_start gave them
+        self._pieces: dict[int, list[str]] = {}  # a block's text, or its input's JSON, in pieces
+
+    def event(self, event: Event, data: Any) -> None:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "error" or event.name == "error":
+            error = data.get("error") if isinstance(data, dict) else None
+            if isinstance(error, dict) and error.get("type") == "overloaded_error":
+                raise DependencyError("llm", "unavailable", "overloaded (in the stream)", retryable=True)
+            raise DependencyError("llm", "bad_response", "an error in the stream", retryable=True)
+        if not isinstance(data, dict):
+            return
+        index = data.get("index")
+        if kind == "message_start" and isinstance(data.get("message"), dict):
+            message = data["message"]
+            self._message["model"] = message.get("model")
+            if isinstance(message.get("usage"), dict):
+                self._message["usage"] = dict(message["usage"])
+        elif kind == "content_block_start" and type(index) is int and index not in self._blocks:
+            block = data.get("content_block")
+            kept = isinstance(block, dict) and isinstance(block.get("type"), str) and block["type"] in _DELTAS
+            if kept:  # text or tool_use; thinking is not shown
+                self._blocks[index], self._pieces[index] = block, []
+                if isinstance(block.get("text"), str):
+                    self._piece(index, block["text"])
+        elif kind == "content_block_delta" and type(index) is int and index in self._blocks:
+            delta = data.get("delta")
+            delta_type, field = _DELTAS[self._blocks[index]["type"]]
+            if isinstance(delta, dict) and delta.get("type") == delta_type and isinstance(delta.get(field), str):
+                self._piece(index, delta[field])
+        elif kind == "message_delta":
+            delta, usage = data.get("delta"), data.get("usage")
+            if isinstance(delta, dict):
+                self._message["stop_reason"] = delta.get("stop_reason")
+            if isinstance(usage, dict) and "output_tokens" in usage:
+                self._message["usage"]["output_tokens"] = usage["output_tokens"]
+        elif kind == "message_stop":
+            self.ended = True
+
+    def _piece(self, index: int, piece: str) -> None:
+        self._pieces[index].append(piece)
+        if self._blocks[index]["type"] == "text":
+            self.text(piece)
+
+    def answer(self) -> dict[str, Any]:
+        content = []
+        for index, block in sorted(self._blocks.items()):
+            joined = "".join(self._pieces[index])
+            if block["type"] == "text":
+                content.append({**block, "text": joined})
+            else:
+                try:  # no pieces: the input it started with (an empty object)
+                    arguments = json.loads(joined) if joined else block.get("input")
+                except ValueError:
+                    arguments = None
+                content.append({**block, "input": arguments})
+        return {**self._message, "content": content}
 
 
 def _anthropic_blocks(message: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:

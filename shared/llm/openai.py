@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from shared.clients.http import Endpoint
-from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, reported_usage, text_or_none
+from shared.infra.sse import Event
+from shared.llm.base import ChatRequest, Completion, Provider, StreamReader, ToolCall, reported_usage, text_or_none
 
 
 class OpenAiProvider(Provider):
@@ -17,6 +19,7 @@ class OpenAiProvider(Provider):
     path = "/chat/completions"
     probe_path = "/models"
     native_tools = True
+    streams = True
 
     @classmethod
     def from_settings(cls, s: Any) -> OpenAiProvider:
@@ -44,6 +47,71 @@ class OpenAiProvider(Provider):
 
     def parse(self, data: dict[str, Any], request: ChatRequest) -> Completion | None:
         return openai_completion(data)
+
+    def reader(self, request: ChatRequest, on_text: Callable[[str], None]) -> StreamReader:
+        return OpenAiStream(self, request, on_text)
+
+
+class OpenAiStream(StreamReader):
+    """Chat Completions chunks: ``delta.content`` is the text, ``delta.tool_calls`` pieces gather by
+    their ``index``; the usage comes in a last chunk of its own, before ``[DONE]``."""
+
+    asks: ClassVar[dict[str, Any]] = {"stream": True, "stream_options": {"include_usage": True}}
+
+    def start(self) -> None:
+        self._content: list[str] = []
+        self._calls: dict[int, dict[str, str]] = {}  # by index: id, name and arguments, as pieces joined
+        self._top: dict[str, Any] = {}  # model and usage, as the last chunk that said them
+        self._finish: Any = None
+
+    def event(self, event: Event, data: Any) -> None:
+        if data is None:  # [DONE]
+            self.ended = True
+            return
+        if not isinstance(data, dict):
+            return
+        for key in ("model", "usage"):
+            if data.get(key) is not None:
+                self._top[key] = data[key]
+        choices = data.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            return
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                self._content.append(content)
+                self.text(content)
+            pieces = delta.get("tool_calls")
+            for piece in pieces if isinstance(pieces, list) else []:
+                self._tool_piece(piece)
+        if choice.get("finish_reason") is not None:  # the answer is whole; its usage may follow
+            self._finish = choice["finish_reason"]
+            self.ended = True
+
+    def _tool_piece(self, piece: Any) -> None:
+        if not isinstance(piece, dict) or type(piece.get("index")) is not int:
+            return
+        call = self._calls.setdefault(piece["index"], {"id": "", "name": "", "arguments": ""})
+        function = piece.get("function")
+        function = function if isinstance(function, dict) else {}
+        # every string piece is appended, as OpenAI's own client gathers them
+        for key, value in (
+            ("id", piece.get("id")),
+            ("name", function.get("name")),
+            ("arguments", function.get("arguments")),
+        ):
+            if isinstance(value, str):
+                call[key] += value
+
+    def answer(self) -> dict[str, Any]:
+        calls = [
+            {"id": c["id"], "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for _, c in sorted(self._calls.items())
+        ]
+        message = {"content": "".join(self._content), "tool_calls": calls}
+        return {**self._top, "choices": [{"message": message, "finish_reason": self._finish}]}
 
 
 def openai_completion(data: dict[str, Any]) -> Completion | None:

@@ -15,6 +15,7 @@ class ProxyProvider(Provider):
     system = "llm-proxy"
     path = "/internal/llm/proxy"
     probe_path = "/internal/llm/models"
+    streams = False  # llm-proxy's contract has no streaming: on_text is not called, the reply comes whole
 
     @classmethod
     def from_settings(cls, s: Any) -> ProxyProvider:
