@@ -71,7 +71,7 @@ async def say(
             },
         }
         nc = await nats.connect(nats_url, connect_timeout=3, max_reconnect_attempts=0, error_cb=quiet)
-        typed = Typed()
+        typed = Typed(agent_id)
         try:
             if state.get("stream_subject"):  # any agent's reply in this channel, as it is typed
                 await nc.subscribe(f"{state['stream_subject']}.*.{channel}", cb=typed.on_piece)
@@ -79,9 +79,11 @@ async def say(
             outcome = _json(answer.data)
             if isinstance(outcome, dict) and outcome.get("status") == "handed_off":
                 typed.end_line()
-                print(f"{agent_id} handed it to {outcome.get('handed_off_to')}")
+                note = await _posted_text(history_url, outcome.get("message_id")) if outcome.get("message_id") else None
+                print(f"{agent_id}: {note}" if note else f"{agent_id} handed it to {outcome.get('handed_off_to')}")
                 if typed.streaming:
-                    await typed.ended(outcome.get("handed_off_to"), timeout_s)
+                    typed.follow(outcome["handed_off_to"])
+                    await typed.ended(outcome["handed_off_to"], timeout_s)
                     return 0 if typed.done else 1
                 return await _poll(
                     history_url, outcome["handed_off_to"], datetime.fromisoformat(message["created_at"]), timeout_s
@@ -117,12 +119,15 @@ def _json(data: bytes) -> Any:
 
 
 class Typed:
-    """Replies as the bridge streams them (``<stream_subject>.<agent>.<channel>``), printed as they come."""
+    """Replies as the bridge streams them (``<stream_subject>.<agent>.<channel>``), printed as they come;
+    another agent's (a handoff's target) only once ``follow`` says, so the lines never interleave."""
 
-    def __init__(self) -> None:
+    def __init__(self, agent_id: str) -> None:
         self.streaming = False  # a piece arrived: the stream is on
         self.shown: dict[str, str] = {}  # agent -> its reply as typed (after the last reset)
         self.done: set[str] = set()  # agents whose stream ended
+        self._live = {agent_id}  # agents whose pieces are printed at once
+        self._held: dict[str, list[dict[str, Any]]] = {}  # the others' pieces, until followed
         self._line: str | None = None  # the agent whose line is open
         self._ended = asyncio.Event()
 
@@ -130,7 +135,20 @@ class Typed:
         piece = _json(msg.data)
         if not isinstance(piece, dict) or not isinstance(piece.get("agent_id"), str):
             return
-        self.streaming, agent = True, piece["agent_id"]
+        self.streaming = True
+        if piece["agent_id"] in self._live:
+            self._show(piece)
+        else:
+            self._held.setdefault(piece["agent_id"], []).append(piece)
+
+    def follow(self, agent_id: str) -> None:
+        """Print ``agent_id``'s pieces too: those held so far, then the rest as they come."""
+        self._live.add(agent_id)
+        for piece in self._held.pop(agent_id, []):
+            self._show(piece)
+
+    def _show(self, piece: dict[str, Any]) -> None:
+        agent = piece["agent_id"]
         if piece.get("type") == "delta":
             if self._line != agent:
                 self.end_line()
@@ -167,15 +185,20 @@ class Typed:
             print(f"no reply from {agent_id} within {timeout_s:.0f}s")
 
 
+async def _posted_text(history_url: str, message_id: str | None) -> str | None:
+    """A posted message's text, from the channel's recent history."""
+    async with http.session().get(history_url, params={"limit": "50"}) as response:
+        posted = {m["id"]: m for m in await response.json()}
+    return posted[message_id]["content_preview"] if message_id in posted else None
+
+
 async def _tell(history_url: str, agent_id: str, outcome: dict[str, Any], shown: str | None = None) -> int:
     """Print the run's outcome: the reply's text (unless it was typed out already), or why there is none."""
     status = outcome.get("status")
     if status == "replied":
         if shown is None:
-            async with http.session().get(history_url, params={"limit": "50"}) as response:
-                posted = {m["id"]: m for m in await response.json()}
-            reply = posted.get(outcome.get("message_id"))
-            print(f"{agent_id}: {reply['content_preview'] if reply else '(posted; not in the recent history)'}")
+            reply = await _posted_text(history_url, outcome.get("message_id"))
+            print(f"{agent_id}: {reply or '(posted; not in the recent history)'}")
         for call in outcome.get("tool_calls") or []:
             print(f"  tool {call.get('tool')}: {call.get('result')}")
         for note in outcome.get("notes") or []:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -73,6 +74,34 @@ async def test_say_create_a_task_runs_it_through_the_local_toolcore(local_stack,
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("agent:sofia: Готово: create_task виконано («підготувати звіт», id ")
     assert out[2:] == ["  tool create_task: ok"]  # and no note: nothing degraded
+
+
+async def test_say_prints_the_reply_as_it_is_typed_in_pieces(local_stack, nc, capsys):
+    s, _ = local_stack
+    pieces: list[dict] = []
+
+    async def keep(msg) -> None:
+        pieces.append(json.loads(msg.data))
+
+    await nc.subscribe(f"{s.runner.stream_subject}.agent:sofia.{DEMO_CHANNEL}", cb=keep)
+    await nc.flush()
+    assert await tell(s, "привіт") == 0
+    said = capsys.readouterr().out.splitlines()[1]
+    deltas = [p["text"] for p in pieces if p["type"] == "delta"]
+    assert len(deltas) > 1 and pieces[-1]["type"] == "end"  # the mock types word by word
+    assert (
+        said
+        == "agent:sofia: " + "".join(deltas)
+        == "agent:sofia: Привіт! Я Sofia. Розкажіть, над чим працюєте, і я спробую допомогти."
+    )
+
+
+async def test_say_follows_a_handoff_to_the_agent_that_answers(local_stack, capsys):
+    s, _ = local_stack
+    assert await tell(s, "запитай Helion: скільки в казні?") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "agent:sofia: Передаю це питання Helion: він відповість тут."
+    assert out[2].startswith("agent:helion: Гарне питання.") and len(out) == 3
 
 
 async def test_say_takes_a_bare_agent_name(local_stack, capsys):
