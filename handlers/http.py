@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 
+import anyio
 from starlette import responses
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -39,7 +40,7 @@ async def invoke(request: Request) -> Response:
     return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-# Runs whose caller stopped listening: they finish (and post once) all the same.
+# Streamed runs, referenced until they end: one whose caller left before its stream began still finishes.
 _running: set[asyncio.Task[None]] = set()
 
 
@@ -59,8 +60,12 @@ async def _streamed(request: Request, limit: int) -> Response:
     task.add_done_callback(_running.discard)
 
     async def stream() -> AsyncIterator[bytes]:
-        while (event := await events.get()) is not None:
-            yield event
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:  # a caller that hung up leaves the run going, and this request open until it ends:
+            with anyio.CancelScope(shield=True):  # a server that stops waits for it, as for any in flight
+                await task
 
     # no caching, and no proxy buffering: each event is sent as it happens
     return StreamingResponse(

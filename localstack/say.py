@@ -82,9 +82,7 @@ async def say(
                 note = await _posted_text(history_url, outcome.get("message_id")) if outcome.get("message_id") else None
                 print(f"{agent_id}: {note}" if note else f"{agent_id} handed it to {outcome.get('handed_off_to')}")
                 if typed.streaming:
-                    typed.follow(outcome["handed_off_to"])
-                    await typed.ended(outcome["handed_off_to"], timeout_s)
-                    return 0 if typed.done else 1
+                    return await typed.follow_handoffs(outcome["handed_off_to"], timeout_s)
                 return await _poll(
                     history_url, outcome["handed_off_to"], datetime.fromisoformat(message["created_at"]), timeout_s
                 )
@@ -125,7 +123,7 @@ class Typed:
     def __init__(self, agent_id: str) -> None:
         self.streaming = False  # a piece arrived: the stream is on
         self.shown: dict[str, str] = {}  # agent -> its reply as typed (after the last reset)
-        self.done: set[str] = set()  # agents whose stream ended
+        self.done: dict[str, list[dict[str, Any]]] = {}  # agents whose stream ended: its ends, in order
         self._live = {agent_id}  # agents whose pieces are printed at once
         self._held: dict[str, list[dict[str, Any]]] = {}  # the others' pieces, until followed
         self._line: str | None = None  # the agent whose line is open
@@ -162,8 +160,27 @@ class Typed:
             print(f"  ({agent} starts over)")
             self.shown.pop(agent)
         elif piece.get("type") == "end":
-            self.done.add(agent)
+            self.done.setdefault(agent, []).append(piece)
             self._ended.set()
+
+    async def follow_handoffs(self, agent_id: str, timeout_s: float) -> int:
+        """Show what ``agent_id`` (a handoff's target) answers, and whom it hands on to in turn; 0 once
+        an agent replied."""
+        while True:
+            self.follow(agent_id)
+            await self.ended(agent_id, timeout_s)
+            if not self.done.get(agent_id):
+                return 1
+            end = self.done[agent_id].pop(0)
+            if end.get("status") == "handed_off" and isinstance(end.get("handed_off_to"), str):
+                self.end_line()
+                print(f"{agent_id} handed it to {end['handed_off_to']}")
+                agent_id = end["handed_off_to"]
+                continue
+            if end.get("status") != "replied":
+                self.end_line()
+                print(f"{agent_id} did not answer: {end.get('status')}")
+            return 0 if end.get("status") == "replied" else 1
 
     def end_line(self) -> None:
         if self._line is not None:
@@ -174,14 +191,14 @@ class Typed:
         """Wait for ``agent_id``'s stream to end (or the timeout)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while agent_id not in self.done and loop.time() < deadline:
+        while not self.done.get(agent_id) and loop.time() < deadline:
             self._ended.clear()
             try:
                 await asyncio.wait_for(self._ended.wait(), deadline - loop.time())
             except TimeoutError:
                 break
         self.end_line()
-        if agent_id not in self.done:
+        if not self.done.get(agent_id):
             print(f"no reply from {agent_id} within {timeout_s:.0f}s")
 
 

@@ -84,6 +84,23 @@ class Invocation(BaseModel):
 
     @field_validator("payload")
     @classmethod
+    def _not_handed_to_itself(cls, payload: InvocationPayload, info: ValidationInfo) -> InvocationPayload:
+        if payload.handoff and payload.handoff.from_agent == info.data.get("agent_id"):
+            raise ValidationError.from_exception_data(
+                "handoff",
+                [
+                    {
+                        "type": "value_error",
+                        "loc": ("handoff", "from_agent"),
+                        "input": None,
+                        "ctx": {"error": "an agent does not hand a message to itself"},
+                    }
+                ],
+            )
+        return payload
+
+    @field_validator("payload")
+    @classmethod
     def _cron_names_its_schedule(cls, payload: InvocationPayload, info: ValidationInfo) -> InvocationPayload:
         if info.data.get("entrypoint") != "cron":
             return payload

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import mock_llm, prompt, summary
-from shared.blueprints import pick_variant
+from shared.blueprints import display_name, pick_variant
 from shared.budget import estimate, estimated_usage
 from shared.contracts import (
     Blueprint,
@@ -45,6 +45,9 @@ from shared.llm import ChatRequest, Completion, Usage
 from shared.runtime import Runtime
 from shared.streaming import Typing
 from shared.tools import BUILT_IN, Handoff
+
+HANDOFF_MARK = "handoff:"  # a record's marker: a run began to hand the message to this agent
+RETURNED = "#returned"  # the record of a message handed back to an agent that handed it on
 
 
 async def answer(
@@ -75,7 +78,8 @@ async def _phases(run: Run) -> Outcome:
         blueprint, variant = await agent(run)
         task = await what_to_answer(run, blueprint)
         await claim(run, task)
-        reply = await converse(run, task, blueprint, variant)
+        # a run that takes over a record marked for a handoff sends that one again: no second opinion
+        reply = await converse(run, task, blueprint, variant) if run.handoff is None else ""
         if run.handoff is not None:
             await hand_off(run, task, blueprint, run.handoff)
             return run.handed_off()
@@ -86,7 +90,9 @@ async def _phases(run: Run) -> Outcome:
     except StepFailed as failure:
         if run.typing:
             run.typing.reset()  # nothing of it is posted
-        if run.side_effects:
+        if run.handing_off:
+            pass  # the record is marked with the handoff: released below, the retry sends that one again
+        elif run.side_effects:
             await run.finish_claim()  # a tool acted: never act twice, even if the reply is lost
         elif failure.step == "post" and isinstance(failure.error, DependencyError) and failure.error.uncertain:
             # the post may still land: the record stays marked and busy a while, so the retry looks
@@ -98,7 +104,7 @@ async def _phases(run: Run) -> Outcome:
     except Busy as busy:  # another run owns the message (or took it over)
         return run.failed("idempotency", busy)
     except BaseException:  # cancelled, or a defect: a reply or a tool's action may be out already
-        if run.posting or run.side_effects:
+        if not run.handing_off and (run.posting or run.side_effects):
             await run.finish_claim()
         raise
     finally:
@@ -163,8 +169,7 @@ async def what_to_answer(run: Run, blueprint: Blueprint) -> Task:
     if handed and handed.note:  # the other agent's words stay the member's side of the prompt, never system text
         final = {**final, "content": f"{final['content']}\n\n({handed.from_agent}, handing this to you: {handed.note})"}
     return Task(
-        # each hop is its own record: an agent a message comes back to answers it (or hands it on) once more
-        key=record_key(run.agent_id, trigger.id if handed is None else f"{trigger.id}#hop{handed.hops}"),
+        key=record_key(run.agent_id, trigger.id),
         asked=trigger.text,
         final=final,
         history=history[:at],
@@ -191,20 +196,32 @@ def find_trigger(
 
 
 async def claim(run: Run, task: Task) -> None:
-    """Own the record: exactly one reply per human message, one run per schedule firing."""
+    """Own the record: exactly one reply per human message, one run per schedule firing. A message an
+    agent handed on and that is handed back to it has a second record: the agent answers it then."""
     cfg = run.rt.settings.runtime
+    key = task.key
     with run.step("idempotency"):
-        claimed = await run.rt.idempotency.claim(task.key, cfg.idempotency_in_progress_ttl_s)
+        claimed = await run.rt.idempotency.claim(key, cfg.idempotency_in_progress_ttl_s)
+        done = claimed.result or {}
+        if claimed.state is ClaimState.COMPLETE and done.get("handed_off_to") and run.invocation.payload.handoff:
+            key, run.returned = f"{key}{RETURNED}", True
+            claimed = await run.rt.idempotency.claim(key, cfg.idempotency_in_progress_ttl_s)
+            done = claimed.result or {}
     if claimed.state is ClaimState.COMPLETE:
-        run.outcome.message_id = (claimed.result or {}).get("message_id")
-        run.outcome.handed_off_to = (claimed.result or {}).get("handed_off_to")
+        run.outcome.message_id = done.get("message_id")
+        run.outcome.handed_off_to = done.get("handed_off_to")
         raise Skip("duplicate")
     if claimed.state is ClaimState.IN_PROGRESS:
         # Retry once the claim could have expired: by then it is answered (a duplicate) or its
         # owner died and the retry answers it. Sooner would only find it busy again.
         raise Busy("this message is being answered right now", retry_after=max(1.0, claimed.expires_in_s))
-    run.claim = (task.key, claimed.token)
+    run.claim = (key, claimed.token)
     if not claimed.posted:
+        return
+    handed = next((m.removeprefix(HANDOFF_MARK) for m in claimed.posted if m.startswith(HANDOFF_MARK)), None)
+    if handed is not None:  # a run before this one began to hand the message on: this one finishes that
+        run.handoff, run.handing_off, run.marked = Handoff(handed, None), True, claimed.posted
+        run.outcome.notes.append("recovered: an earlier run was handing this message on")
         return
     # Runs before this one began to post and died, lost the store, or were not told whether the post
     # landed. A reply of theirs is in the channel if the agent said it after the trigger (a schedule's:
@@ -247,7 +264,10 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         context={"channel_id": run.channel_id, "trigger": task.key, "entrypoint": inv.entrypoint},
         history=task.history if task.trigger is None else [*task.history, task.trigger],
         # a member's message may be handed on, a bounded number of hops: two agents never pass it back and forth
-        handoff_to=tuple(blueprint.handoff_to) if task.trigger and hops < cfg.agents.max_handoffs else (),
+        # (a message that came back to an agent is answered by it; one an invocation cannot name stays)
+        handoff_to=tuple(a for a in blueprint.handoff_to if a != run.agent_id)
+        if task.trigger and _naming(task.trigger) and hops < cfg.agents.max_handoffs and not run.returned
+        else (),
     )
     run.outcome.tool_calls = toolbox.calls
     limits = cfg.llm.limits(blueprint.model)
@@ -437,11 +457,11 @@ async def spend(run: Run, requested_model: str, completion: Completion) -> None:
 async def deliver(run: Run, task: Task, blueprint: Blueprint, reply: str) -> None:
     """Post the reply once the record says so (a run that takes over after a crash then knows a
     reply may be out), complete the record, and store the exchange in memory (optional)."""
-    rt, token = run.rt, run.claim[1] if run.claim else ""
+    rt, (key, token) = run.rt, run.claim or (task.key, "")
     with run.step("idempotency"):
         ttl = rt.settings.runtime.idempotency_in_progress_ttl_s
         run.digest = reply_digest(reply)
-        ours = await rt.idempotency.posting(task.key, token, ttl, run.digest)
+        ours = await rt.idempotency.posting(key, token, ttl, run.digest)
     if not ours:  # this run stalled past its claim's TTL and another took the message over
         raise Busy("another run took the message over before this one posted; it answers", retry_after=1.0)
     run.posting = True
@@ -468,25 +488,36 @@ async def deliver(run: Run, task: Task, blueprint: Blueprint, reply: str) -> Non
 
 
 async def hand_off(run: Run, task: Task, blueprint: Blueprint, handoff: Handoff) -> None:
-    """Send the target agent an invocation for the same message, the way invocations arrive here;
-    then post the blueprint's note, if it has one, and complete the record (a retry is a duplicate)."""
+    """Mark the record with the handoff (a run that takes it over sends the same one), send the target
+    agent an invocation for the same message the way invocations arrive here, post the blueprint's
+    note if it has one, and complete the record: a retry is a duplicate."""
     rt, payload, trigger = run.rt, run.invocation.payload, task.trigger
     assert rt.handoff is not None and trigger is not None  # the tool is offered only then
+    key, token = run.claim or (task.key, "")
+    ttl = rt.settings.runtime.idempotency_in_progress_ttl_s
+    if not run.handing_off:
+        with run.step("idempotency"):
+            ours = await rt.idempotency.posting(key, token, ttl, HANDOFF_MARK + handoff.to)
+        if not ours:
+            raise Busy("another run took the message over before this one handed it on", retry_after=1.0)
+        run.handing_off = True
     hops = (payload.handoff.hops if payload.handoff else 0) + 1
     body = payload.model_dump(mode="json", exclude_none=True)
     body.pop("message_id", None)
     body.pop("matrix_event_id", None)
     body.update(_naming(trigger), handoff={"from_agent": run.agent_id, "note": handoff.note, "hops": hops})
     invocation = {"agent_id": handoff.to, "entrypoint": run.invocation.entrypoint, "payload": body}
-    key = hashlib.sha256(f"{handoff.to}/{trigger.id}/{hops}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    dedupe = hashlib.sha256(f"{handoff.to}/{trigger.id}/{hops}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     with run.step("handoff"):
-        await rt.handoff.send(invocation, key, run.thinking)
-    run.side_effects = True  # sent: from here the record is completed whatever follows
+        await rt.handoff.send(invocation, dedupe, run.thinking)
     run.outcome.handed_off_to = handoff.to
-    if blueprint.handoff_note:
-        note = blueprint.handoff_note.replace("{agent}", handoff.to.removeprefix("agent:").capitalize())
+    metrics.child(metrics.HANDOFFS, run.agent_id, handoff.to).inc()
+    note = blueprint.handoff_note and blueprint.handoff_note.replace("{agent}", display_name(handoff.to))
+    if note and reply_digest(note) not in run.marked:  # an earlier run's note may be out: never twice
         with run.step("post", optional=True):  # the target answers either way
-            run.outcome.message_id = await rt.messaging.post(run.agent_id, run.channel_id, note, run.deadline)
+            if await rt.idempotency.posting(key, token, ttl, reply_digest(note)):
+                run.outcome.message_id = await rt.messaging.post(run.agent_id, run.channel_id, note, run.deadline)
+    run.handing_off = False  # sent: the record is completed now
     await run.finish_claim()
 
 
@@ -531,6 +562,9 @@ class Run:
         self.tokens_today: int | None = None  # the agent's daily counter as last read, when it has a budget
         self.typing: Typing | None = None  # the caller watching the run as it goes
         self.handoff: Handoff | None = None  # the model handed the message to another agent
+        self.handing_off = False  # the record is marked with the handoff, not yet sent
+        self.returned = False  # the message was handed on by this agent and came back to it
+        self.marked: tuple[str, ...] = ()  # the markers of a record taken over
         self.outcome = Outcome(
             status="failed", agent_id=self.agent_id, entrypoint=invocation.entrypoint, channel_id=self.channel_id
         )

@@ -30,12 +30,13 @@ class Typing:
 
     def piece(self, text: str) -> None:
         """A piece of the model's text, as it arrives."""
+        room = self.max_chars - len(self.shown)
         text = self._held + text
         if not self.shown:
             text = text.lstrip()
         body = text.rstrip()
-        self._held = text[len(body) :]
-        body = body[: self.max_chars - len(self.shown)]
+        self._held = text[len(body) :][:room]  # whitespace past the reply's limit never shows
+        body = body[:room].rstrip()  # a reply cut at its limit loses its trailing whitespace too
         if body:
             self.shown += body
             self.emit("delta", {"text": body})

@@ -177,14 +177,15 @@ class Toolbox:
             return "error", {"ok": False, "error": f"agent_id must be one of: {', '.join(self.handoff_to)}"}
         if self.handoff is not None and self.handoff.to != target:
             return "error", {"ok": False, "error": f"already handed to {self.handoff.to}"}
-        if not await self._permitted(HANDOFF_TOOL_ID, deadline):
+        if not await self._permitted(HANDOFF_TOOL_ID, deadline, handoff_to=target):
             return "denied", {"ok": False, "error": "not permitted by policy"}
         note = (arguments or {}).get("note")
         self.handoff = Handoff(target, note[:1000] if isinstance(note, str) and note.strip() else None)
         return "ok", {"ok": True, "result": f"handed to {target}"}
 
-    async def _permitted(self, tool_id: str, deadline: Deadline) -> bool:
-        """Only an explicit permit allows a call; no answer is a deny."""
+    async def _permitted(self, tool_id: str, deadline: Deadline, **context: str) -> bool:
+        """Only an explicit permit allows a call; no answer is a deny. ``context`` adds what the policy
+        may judge by (the agent a handoff names)."""
         if not self.pdp.base_url:
             return False
         try:
@@ -201,7 +202,7 @@ class Toolbox:
                     },
                     "action": "exec_tool",
                     "resource": {"type": "tool", "id": tool_id},
-                    "context": self.context,
+                    "context": {**self.context, **context},
                 },
             )
         except DependencyError:

@@ -46,6 +46,7 @@ class _FakeProvider:
         self.script: list[Turn] = []
         self.report_usage = True
         self.ignore_stream = False  # answer whole even when asked to stream, as a server that cannot
+        self.refuse_stream = False  # answer 400 to a request asking to stream, as a server that knows no such field
         self.stream_pause_s = 0.02
         self.piece_chars = 3
         self.cut_after: int | None = None  # the next stream drops its connection after this many events
@@ -60,6 +61,8 @@ class _FakeProvider:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        if self.refuse_stream and "stream" in body:
+            return JSONResponse({"error": {"message": "Unrecognized request argument: stream"}}, status_code=400)
         turn = self.script.pop(0) if self.script else f"LLM reply to: {self.last_user_text(body)}"
         if body.get("stream") is True and not self.ignore_stream:
             events, end = self.stream(turn, body)

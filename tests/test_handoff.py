@@ -184,3 +184,73 @@ async def test_a_ping_pong_pair_stops_at_the_hop_limit(stack, nc, served, publis
     assert hops == [None, 1, 2]
     [(who, _)] = _said(stack, channel)  # the second time ping has it, it answers: no third hop
     assert who == "agent:ping"
+
+
+# --- exactly once, whatever arrives and whatever fails -----------------------------------------
+
+
+async def test_a_direct_answer_is_not_repeated_for_a_handoff_or_a_forged_hop(stack, client, handing):
+    handing()
+    channel, message, outcome = await _ask(stack, client, "how much is in the treasury?", agent="agent:helion")
+    assert outcome["status"] == "replied"
+    for hops in (1, 2, 5):  # Sofia's handoff of the same message, and hop counts nobody sent
+        body = invocation(
+            channel,
+            agent_id="agent:helion",
+            message_id=message["id"],
+            handoff={"from_agent": "agent:sofia", "hops": hops},
+        )
+        again = (await client.post("/invoke", json=body)).json()
+        assert again["status"] == "skipped" and again["reason"] == "duplicate"
+    assert [who for who, _ in _said(stack, channel)] == ["agent:helion"]
+
+
+async def test_an_agent_cannot_be_handed_a_message_by_itself(stack, client, handing):
+    handing()
+    channel = stack.channel()
+    body = invocation(channel, agent_id="agent:sofia", handoff={"from_agent": "agent:sofia", "hops": 1})
+    response = await client.post("/invoke", json=body)
+    assert response.status_code == 422 and "payload.handoff.from_agent" in response.json()["error"]
+
+
+def _sink(stack: Any, nats_url: str) -> Any:
+    from shared import handoff
+    from shared.infra import settings
+    from tests.conftest import ROOT
+
+    return handoff.build(
+        settings.load(stack.env(NATS_URL=nats_url, AGENT_RUNTIME__HANDOFF__SINK="nats"), ROOT / "config.yaml")
+    )
+
+
+async def test_a_retry_after_a_failed_handoff_sends_that_handoff_without_asking_the_model_again(
+    stack, client, configure, nats_server, published
+):
+    rt = configure(
+        NATS_URL="nats://127.0.0.1:1", AGENT_RUNTIME__HANDOFF__SINK="nats", AGENT_RUNTIME__LLM__PROVIDER="openai"
+    )
+    # the first answer creates a task, then hands off; asked again, the model would answer itself
+    stack.openai.script = [
+        [("create_task", {"title": "check the treasury"})],
+        [("handoff", {"agent_id": "agent:helion", "note": "treasury"})],
+        "I will answer it myself after all.",
+    ]
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "how much is in the treasury?", sender_id="user:alice")
+    body = invocation(channel, message_id=message["id"])
+    first = await client.post("/invoke", json=body)
+    assert first.status_code == 503 and first.json()["step"] == "handoff"
+    asked = len(stack.openai.requests)
+
+    rt.handoff = _sink(stack, nats_server.url)  # NATS is back
+    again = (await client.post("/invoke", json=body)).json()
+
+    assert again["status"] == "handed_off" and again["handed_off_to"] == "agent:helion"
+    assert "recovered: an earlier run was handing this message on" in again["notes"]
+    assert len(stack.openai.requests) == asked  # no second opinion: the decision is the record's
+    assert len(stack.toolcore.calls) == 1  # the task was created once
+    await eventually(lambda: len(published) == 1, what="the handoff's invocation")
+    assert json.loads(published[0].data)["agent_id"] == "agent:helion"
+    assert [who for who, _ in _said(stack, channel)] == ["agent:sofia"]  # the note, and no reply of Sofia's
+    third = (await client.post("/invoke", json=body)).json()
+    assert third["status"] == "skipped" and third["handed_off_to"] == "agent:helion"

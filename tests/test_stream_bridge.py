@@ -320,3 +320,20 @@ async def test_the_real_functions_stream_adds_up_to_the_posted_reply(stack, nats
     assert messages[-1]["status"] == outcome["status"] == "replied"
     assert messages[-1]["reply_message_id"] == outcome["message_id"] == post["message_id"]
     assert all(m["message_id"] == trigger["id"] for m in messages)
+
+
+async def test_an_outcome_saying_what_this_bridge_does_not_know_is_judged_by_its_status(nats_server, nc, function):
+    """A function newer than the bridge (a status or source its contract does not list) is still acked."""
+    body = body_for()
+    newer = {"status": "replied", "agent_id": "agent:sofia", "llm_source": "cache", "message_id": "m-1"}
+    function.script = {1: (200, Streamed([*typed("Hi"), ("outcome", newer)]), {})}
+    letters = await dead_letters(nc)
+    b = bridge(nats_server.url, function.url, mode="jetstream", max_deliver=1, stream_subject=STREAM_SUBJECT)
+    await b.start()
+    try:
+        await nc.publish(SUBJECT, body)
+        await eventually(lambda: function.calls_for(body) == 1, what="the call")
+        await eventually(lambda: all_acked(nc), what="the ack")
+    finally:
+        assert await b.stop()
+    assert letters == [] and function.calls_for(body) == 1

@@ -173,3 +173,20 @@ async def test_a_caller_that_hangs_up_mid_stream_still_gets_exactly_one_post(sta
     assert not [name for name, _ in events if name in ("delta", "reset")]
     assert events[-1][1]["status"] == "skipped" and events[-1][1]["reason"] == "duplicate"
     assert len(_posted(stack, channel)) == 1
+
+
+async def test_a_server_stopping_finishes_a_streamed_run_whose_caller_hung_up(stack, function):
+    stack.openai.script = ["Posted even though the caller left and the server was told to stop."]
+    stack.openai.stream_pause_s = 0.1
+    served = await function(AGENT_RUNTIME__LLM__PROVIDER="openai")
+    channel, body = await _ask(stack, "hello")
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{served.url}/invoke", json=body, headers=STREAM) as response:
+            decoder = Decoder()
+            async for chunk in response.aiter_raw():
+                if any(e.name == "delta" for e in decoder.feed(chunk)):
+                    break
+    assert not _posted(stack, channel)
+    await served.stop()  # SIGTERM: gunicorn's worker drains what is in flight
+    [reply] = _posted(stack, channel)
+    assert reply["content_preview"] == "Posted even though the caller left and the server was told to stop."

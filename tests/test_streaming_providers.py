@@ -252,3 +252,13 @@ def test_a_stream_of_anything_gives_a_completion_or_a_dependency_error(events, s
         assert completion is None or all(
             c.arguments is None or isinstance(c.arguments, dict) for c in completion.tool_calls
         )
+
+
+async def test_a_server_refusing_to_stream_is_asked_for_whole_answers_from_then_on(stack):
+    stack.openai.refuse_stream = True
+    stack.openai.script = ["Whole answer.", "Another."]
+    provider = _provider(stack, "openai")
+    completion, pieces = await _streamed(provider)
+    assert completion.text == "Whole answer." and pieces == [] and provider.streams is False
+    assert (await provider.complete(REQUEST, Deadline(10))).text == "Another."
+    assert ["stream" in r for r in stack.openai.requests] == [True, False, False]  # refused once, then whole

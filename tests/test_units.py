@@ -124,3 +124,24 @@ def test_json_codec_reads_and_writes_what_the_stdlib_did():
     assert json.loads(jsoncodec.dumps({1: "x"})) == {"1": "x"}
     assert json.loads(jsoncodec.dumps({"t": "a\ud800b"})) == {"t": "a\ud800b"}
     assert jsoncodec.dumps({"t": "привіт"}) == '{"t":"привіт"}'.encode()
+
+
+def test_an_event_stream_of_endless_empty_data_lines_hits_the_size_limit():
+    from shared.infra import sse
+
+    decoder = sse.Decoder()
+    with pytest.raises(sse.StreamError):
+        decoder.feed(b"data:\n" * (sse.MAX_EVENT_BYTES + 1))  # each line counts, though it holds nothing
+    whole = sse.Decoder().feed(b'event: delta\r\ndata: {"text": "a"}\r\n\r\n: comment\n\ndata: x\ndata: y\n\n')
+    assert whole == [sse.Event("delta", '{"text": "a"}'), sse.Event("message", "x\ny")]
+
+
+def test_typing_shows_the_reply_as_posted_within_its_limit():
+    from shared.streaming import Typing
+
+    shown: list[tuple[str, dict]] = []
+    typing = Typing(lambda name, data: shown.append((name, data)), max_chars=5)
+    for piece in ["  aa", "aa ", "    " * 1000, "bbbb"]:
+        typing.piece(piece)
+    assert typing.shown == "aaaa" and len(typing._held) <= 1  # whitespace past the limit is never held
+    assert [d["text"] for _, d in shown] == ["aa", "aa"]  # cut at the limit without the space: no reset needed

@@ -7,10 +7,10 @@ library: nats-py, boto3) is imported only when it is chosen. A new backend is a 
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 from shared.idempotency.base import Claim, ClaimState, IdempotencyStore, new_token, record_key, reply_digest
+from shared.infra import registry
 
 if TYPE_CHECKING:
     from shared.infra.settings import Settings
@@ -26,9 +26,4 @@ __all__ = ["BACKENDS", "Claim", "ClaimState", "IdempotencyStore", "build", "new_
 
 def build(s: Settings) -> IdempotencyStore:
     """The configured backend (``idempotency.backend``), or a clear error naming the setting."""
-    try:
-        module, _, name = BACKENDS[s.idempotency.backend].partition(":")
-    except KeyError:
-        known = ", ".join(BACKENDS)
-        raise ValueError(f"idempotency.backend: unknown backend {s.idempotency.backend!r} (known: {known})") from None
-    return getattr(import_module(module), name).from_settings(s)
+    return registry.load(BACKENDS, "idempotency.backend", s.idempotency.backend).from_settings(s)

@@ -180,6 +180,9 @@ LLM_COST = Counter(
     "LLM cost by agent and answering model, in the currency of the price table (llm.prices)",
     ["agent_id", "model"],
 )
+HANDOFFS = Counter(
+    "agent_runtime_handoffs", "Messages handed from one agent to another (the handoff tool)", ["agent_id", "to"]
+)
 METRICS: tuple[_Metric, ...] = (
     INVOCATIONS,
     RESPONSE_SECONDS,
@@ -190,6 +193,7 @@ METRICS: tuple[_Metric, ...] = (
     MOCK_FALLBACKS,
     LLM_TOKENS,
     LLM_COST,
+    HANDOFFS,
 )
 
 

@@ -37,20 +37,18 @@ class Decoder:
     """Bytes in as they arrive, whole events out; comments, ``id`` and ``retry`` fields are skipped."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending = b""  # an unfinished line
         self._name = ""
         self._data: list[str] = []
+        self._size = 0  # the event so far, each line counting at least one byte
 
     def feed(self, chunk: bytes) -> list[Event]:
-        self._pending += chunk
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
         events: list[Event] = []
-        while True:
-            end = self._pending.find(b"\n")
-            if end < 0:
-                break
-            raw, self._pending = self._pending[:end], self._pending[end + 1 :]
+        for raw in lines:
             self._line(raw.rstrip(b"\r").decode("utf-8", "replace"), events)
-        if len(self._pending) + sum(len(d) for d in self._data) > MAX_EVENT_BYTES:
+        if self._size + len(self._pending) > MAX_EVENT_BYTES:
             raise StreamError("an event larger than the limit")
         return events
 
@@ -58,8 +56,9 @@ class Decoder:
         if not line:  # a blank line ends an event
             if self._data:
                 events.append(Event(self._name or "message", "\n".join(self._data)))
-            self._name, self._data = "", []
+            self._name, self._data, self._size = "", [], 0
             return
+        self._size += len(line) + 1
         if line.startswith(":"):
             return
         field, _, value = line.partition(":")

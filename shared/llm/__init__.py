@@ -7,18 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shared.llm.anthropic import AnthropicProvider
+from shared.infra import registry
 from shared.llm.base import ChatRequest, Completion, Provider, ToolCall, ToolSpec, Usage
-from shared.llm.openai import OpenAiProvider
-from shared.llm.proxy import ProxyProvider
 
 if TYPE_CHECKING:
     from shared.infra.settings import LlmSettings
 
-PROVIDERS: dict[str, type[Provider]] = {
-    "proxy": ProxyProvider,
-    "openai": OpenAiProvider,
-    "anthropic": AnthropicProvider,
+PROVIDERS: dict[str, str] = {  # imported when chosen
+    "proxy": "shared.llm.proxy:ProxyProvider",
+    "openai": "shared.llm.openai:OpenAiProvider",
+    "anthropic": "shared.llm.anthropic:AnthropicProvider",
 }
 
 __all__ = ["PROVIDERS", "ChatRequest", "Completion", "Provider", "ToolCall", "ToolSpec", "Usage", "build"]
@@ -26,8 +24,4 @@ __all__ = ["PROVIDERS", "ChatRequest", "Completion", "Provider", "ToolCall", "To
 
 def build(s: LlmSettings) -> Provider:
     """The configured provider (``llm.provider``), or a clear error naming the setting."""
-    try:
-        kind = PROVIDERS[s.provider]
-    except KeyError:
-        raise ValueError(f"llm.provider: unknown provider {s.provider!r} (known: {', '.join(PROVIDERS)})") from None
-    return kind.from_settings(s)
+    return registry.load(PROVIDERS, "llm.provider", s.provider).from_settings(s)

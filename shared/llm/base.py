@@ -9,6 +9,7 @@ A provider that ``streams`` hands the reply's text to ``on_text`` as it arrives 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +19,8 @@ from shared.errors import DependencyError
 from shared.infra import jsoncodec
 from shared.infra.deadline import Deadline
 from shared.infra.sse import Decoder, Event, StreamError
+
+log = logging.getLogger("agent_runtime.llm")
 
 if TYPE_CHECKING:
     from shared.infra.settings import LlmSettings
@@ -113,7 +116,19 @@ class Provider:
         reader = self.reader(request, on_text) if on_text is not None and self.streams else None
         if reader is not None:
             body.update(reader.asks)
-        data = await self.endpoint.call("POST", self.path, deadline, json_body=body, stream=reader)
+        try:
+            data = await self.endpoint.call("POST", self.path, deadline, json_body=body, stream=reader)
+        except DependencyError as exc:
+            if reader is None or exc.status != 400:
+                raise
+            # a server that refuses the stream's fields (an older API version): asked whole from now
+            # on, in this process, and the pipeline shows its answers whole
+            self.streams = False
+            log.warning(
+                "the LLM refused a streamed request: asking for whole answers",
+                extra={"fields": {"provider": self.name}},
+            )
+            return await self.complete(request, deadline)
         if reader is not None and data is None:  # it streamed (else it answered as to a plain request)
             completion = reader.completion()
         else:
