@@ -37,6 +37,16 @@ async def _streamed(served: FunctionProcess, body: dict[str, Any], on_delta: Any
             return await _events(response, on_delta)
 
 
+async def _hang_up_at_the_first_delta(served: FunctionProcess, body: dict[str, Any]) -> None:
+    """Ask for the stream, and close the connection as soon as the reply begins."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream("POST", f"{served.url}/invoke", json=body, headers=STREAM) as response:
+            decoder = Decoder()
+            async for chunk in response.aiter_raw():
+                if any(e.name == "delta" for e in decoder.feed(chunk)):
+                    return
+
+
 def _typed(events: list[tuple[str, dict[str, Any]]]) -> str:
     """The deltas after the last reset, joined: what the caller was shown as the reply."""
     text = ""
@@ -156,12 +166,7 @@ async def test_a_caller_that_hangs_up_mid_stream_still_gets_exactly_one_post(sta
     stack.openai.stream_pause_s = 0.1
     served = await function(AGENT_RUNTIME__LLM__PROVIDER="openai")
     channel, body = await _ask(stack, "hello")
-    async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("POST", f"{served.url}/invoke", json=body, headers=STREAM) as response:
-            decoder = Decoder()
-            async for chunk in response.aiter_raw():
-                if any(e.name == "delta" for e in decoder.feed(chunk)):
-                    break  # hang up at the first piece
+    await _hang_up_at_the_first_delta(served, body)
     assert not _posted(stack, channel)  # the run was still typing when the caller left
 
     await eventually(lambda: len(_posted(stack, channel)) == 1, timeout_s=20)
@@ -180,12 +185,7 @@ async def test_a_server_stopping_finishes_a_streamed_run_whose_caller_hung_up(st
     stack.openai.stream_pause_s = 0.1
     served = await function(AGENT_RUNTIME__LLM__PROVIDER="openai")
     channel, body = await _ask(stack, "hello")
-    async with httpx.AsyncClient(timeout=30) as client:
-        async with client.stream("POST", f"{served.url}/invoke", json=body, headers=STREAM) as response:
-            decoder = Decoder()
-            async for chunk in response.aiter_raw():
-                if any(e.name == "delta" for e in decoder.feed(chunk)):
-                    break
+    await _hang_up_at_the_first_delta(served, body)
     assert not _posted(stack, channel)
     await served.stop()  # SIGTERM: gunicorn's worker drains what is in flight
     [reply] = _posted(stack, channel)
