@@ -141,9 +141,11 @@ class BlueprintChain:
             if paths:
                 import yaml  # only when there are files to read
 
+                loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the safe loader: libyaml's where the wheel has it
+
             for path in paths:
                 try:
-                    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+                    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506  # nosec B506
                     agent_id = data.get("id") or f"agent:{path.stem}"
                     self._build(agent_id, data)
                 except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
