@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from pydantic import ValidationError
@@ -78,8 +78,7 @@ def pick_variant(blueprint: Blueprint, channel_id: str) -> PromptVariant | None:
     return blueprint.variants[-1]
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(NamedTuple):
     blueprint: Blueprint
     source: BlueprintSource
     notes: tuple[str, ...] = ()
@@ -141,7 +140,8 @@ class BlueprintChain:
             if paths:
                 import yaml  # only when there are files to read
 
-                loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the safe loader: libyaml's where the wheel has it
+                # the safe loader: libyaml's where the wheel has it
+                loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
             for path in paths:
                 try:

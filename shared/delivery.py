@@ -11,8 +11,7 @@ in-process transports (SQS, Pub/Sub) decide on their outcome's status: one rule 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from shared.contracts import Outcome
 from shared.infra import backoff
@@ -42,8 +41,7 @@ def retry_headers(outcome: Outcome) -> dict[str, str]:
     return {} if seconds is None else {"Retry-After": str(seconds)}
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     action: Literal["ack", "retry", "dead_letter"]
     reason: str = ""
     delay_s: float = 0.0  # retry: how long to wait (backoff, or the announced wait)

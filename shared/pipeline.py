@@ -19,9 +19,8 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared import mock_llm, prompt, summary
 from shared.blueprints import display_name, pick_variant
@@ -132,8 +131,7 @@ async def agent(run: Run) -> tuple[Blueprint, PromptVariant | None]:
 # --- 2. what to answer -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """What one run answers: a member's message (``trigger``), or a schedule's task (no trigger)."""
 
     key: str  # the idempotency record: agent and trigger, or agent and schedule firing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared import summary
 from shared.clients.http import Endpoint
@@ -70,8 +70,7 @@ def _specs(names: tuple[str, ...], targets: tuple[str, ...]) -> list[ToolSpec]:
     return specs
 
 
-@dataclass(frozen=True)
-class Handoff:
+class Handoff(NamedTuple):
     """A run's decision that another agent answers: which, and the note it passes on."""
 
     to: str

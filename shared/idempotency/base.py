@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class ClaimState(Enum):
@@ -24,8 +23,7 @@ class ClaimState(Enum):
     COMPLETE = "complete"  # already answered
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     state: ClaimState
     token: str | None = None  # proves ownership to complete() and release()
     result: dict[str, Any] | None = None  # what the completed run recorded

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from shared.clients.http import Endpoint
 from shared.errors import DependencyError
@@ -26,22 +26,19 @@ if TYPE_CHECKING:
     from shared.infra.settings import LlmSettings
 
 
-@dataclass(frozen=True)
-class ToolSpec:
+class ToolSpec(NamedTuple):
     name: str
     description: str
     parameters: dict[str, Any]  # JSON Schema of the arguments
 
 
-@dataclass(frozen=True)
-class ToolCall:
+class ToolCall(NamedTuple):
     id: str
     name: str
     arguments: dict[str, Any] | None  # None: the model sent arguments that are not a JSON object
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     """The tokens one call spent: as the provider reported them, or estimated."""
 
     input: int
