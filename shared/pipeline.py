@@ -22,7 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from shared import mock_llm, prompt, summary
+from shared import prompt, summary
 from shared.blueprints import display_name, pick_variant
 from shared.budget import estimate, estimated_usage
 from shared.contracts import (
@@ -322,6 +322,8 @@ async def converse(run: Run, task: Task, blueprint: Blueprint, variant: PromptVa
         run.outcome.notes.append(f"tool_calls_capped: {toolbox.capped} not run")
     reply = completion.text
     if not reply:  # the last round said nothing: the mock's words are posted, and the outcome says so
+        from shared import mock_llm  # imported once the mock answers: with an LLM that answers, never
+
         reply = mock_llm.reply(task.asked, blueprint.name, gender=blueprint.gender, default_language=blueprint.language)
         if run.outcome.llm_source == "llm":
             run.outcome.llm_source = "mock"
@@ -349,6 +351,8 @@ async def ask_llm(run: Run, request: ChatRequest, agent: Blueprint) -> Completio
         metrics.child(metrics.MOCK_FALLBACKS, run.agent_id).inc()
     run.outcome.llm_source = "mock"
     tools = request.tools if request.allow_tools else []
+    from shared import mock_llm  # imported once the mock answers: with an LLM that answers, never
+
     return mock_llm.complete(request.messages, tools, agent.name, gender=agent.gender, default_language=agent.language)
 
 
