@@ -107,10 +107,12 @@ def test_agent_figures_cover_the_last_hour():
     add("replied", 100, now[0] - 3 * 3600)  # long gone
     for i in range(1, 101):
         add("replied", i, now[0] - 30)
+    add("handed_off", 4, now[0] - 30, handed_off_to="agent:helion")
     add("skipped", 5, now[0] - 600, reason="duplicate")
     add("failed", 7, now[0], llm_source="mock", notes=["llm_degraded: unavailable"], usage={"input_tokens": 3})
     [sofia] = stats.summary()
-    assert (sofia["invocations"], sofia["replied"], sofia["skipped"], sofia["failed"]) == (102, 100, 1, 1)
+    assert (sofia["invocations"], sofia["replied"], sofia["skipped"], sofia["failed"]) == (103, 100, 1, 1)
+    assert sofia["handed_off"] == 1 and sofia["series"]["handed_off"][-2] == 1  # a minute ago, its own colour
     assert (sofia["mock_fallbacks"], sofia["with_usage"], sofia["input_tokens"]) == (1, 1, 3)
     assert 49 <= sofia["p50_ms"] <= 49 * 1.1 and 95 <= sofia["p95_ms"] <= 95 * 1.1  # within a bucket of the truth
     assert len(sofia["series"]["replied"]) == 60 and sum(sofia["series"]["replied"]) == 100

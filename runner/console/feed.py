@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_runtime.runner")
 
 Entry = dict[str, Any]
-OUTCOMES = frozenset({"replied", "skipped", "failed"})
+OUTCOMES = frozenset({"replied", "handed_off", "skipped", "failed"})
 MAX_TEXT = 300  # characters of an error or reason kept: a line in the page, not a log
 MAX_TOOLS = 10
 

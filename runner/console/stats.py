@@ -22,7 +22,7 @@ MAX_AGENTS = 100
 OTHER = "other"
 RATIO = 1.1  # each latency bucket's upper bound is this times the one below
 AGENT_ID = re.compile(AGENT_ID_PATTERN)  # a refused invocation's id may be anything: counted as "other"
-COUNTED = frozenset({"replied", "skipped", "failed", "rejected", "no_answer"})  # the function's verdicts
+COUNTED = frozenset({"replied", "handed_off", "skipped", "failed", "rejected", "no_answer"})  # the function's verdicts
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Slot:
     minute: int
     invocations: int = 0
     replied: int = 0
+    handed_off: int = 0  # another agent answered
     skipped: int = 0
     failed: int = 0
     mock_fallbacks: int = 0
@@ -62,7 +63,7 @@ class AgentStats:
         slot = slots[-1]
         slot.invocations += 1
         status = entry["status"]
-        if status in ("replied", "skipped"):
+        if status in ("replied", "handed_off", "skipped"):
             setattr(slot, status, getattr(slot, status) + 1)
         else:
             slot.failed += 1
@@ -97,6 +98,7 @@ class AgentStats:
                 for name in (
                     "invocations",
                     "replied",
+                    "handed_off",
                     "skipped",
                     "failed",
                     "mock_fallbacks",
@@ -114,6 +116,7 @@ class AgentStats:
                     "p95_ms": percentile(latency, 0.95),
                     "series": {
                         "replied": [s.replied if s else 0 for s in series],
+                        "handed_off": [s.handed_off if s else 0 for s in series],
                         "skipped": [s.skipped if s else 0 for s in series],
                         "failed": [s.failed if s else 0 for s in series],
                         "p95_ms": [percentile(s.latency, 0.95) if s else None for s in series],

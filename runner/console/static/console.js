@@ -225,14 +225,14 @@ function chart(a) {
   const s = a.series;
   const n = s.replied.length;
   const width = 300, height = 80, w = width / n;
-  const totals = s.replied.map((r, i) => r + s.skipped[i] + s.failed[i]);
+  const totals = s.replied.map((r, i) => r + s.handed_off[i] + s.skipped[i] + s.failed[i]);
   const top = Math.max(1, ...totals);
   const svg = el("svg:svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
   svg.append(el("svg:title", {}, `${a.agent_id}: invocations a minute over the last hour (at most ${top}); the line is p95 latency`));
   svg.append(el("svg:line", { class: "axis", x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5 }));
   s.replied.forEach((_, i) => {
     let y = height;
-    for (const kind of ["replied", "skipped", "failed"]) {
+    for (const kind of ["replied", "handed_off", "skipped", "failed"]) {
       const h = (s[kind][i] / top) * (height - 4);
       if (h > 0) {
         y -= h;
@@ -257,6 +257,7 @@ function card(a) {
   const numbers = [
     ["invocations", count(a.invocations)],
     ["replied", count(a.replied)],
+    ["handed off", count(a.handed_off)],
     ["skipped", count(a.skipped)],
     ["failed", count(a.failed)],
     ["p50", ms(a.p50_ms)],
@@ -374,6 +375,7 @@ function outcomeNote(o) {
   if (o.status === "skipped") return `did not answer: ${o.reason}`;
   if (o.status === "failed") return `could not answer: ${o.error} (step ${o.step}, ${o.kind})`;
   if (o.status === "replied") return "replied (the reply is not in the recent history)";
+  if (o.status === "handed_off") return `handed the message to ${o.handed_off_to}, who answers it here`;
   return `${o.status}: ${o.error || ""}`;
 }
 
