@@ -75,8 +75,12 @@ async def say(
         try:
             if state.get("stream_subject"):  # any agent's reply in this channel, as it is typed
                 await nc.subscribe(f"{state['stream_subject']}.*.{channel}", cb=typed.on_piece)
+                typed.subscribed = True
             answer = await nc.request(subject, json.dumps(invocation).encode(), timeout=timeout_s)
             outcome = _json(answer.data)
+            took = isinstance(outcome, dict) and "stream" in outcome and "seq" in outcome
+            if took and typed.subscribed:  # jetstream mode: nobody answers the request; the pieces tell
+                return await typed.follow_handoffs(agent_id, timeout_s)
             if isinstance(outcome, dict) and outcome.get("status") == "handed_off":
                 typed.end_line()
                 note = await _posted_text(history_url, outcome.get("message_id")) if outcome.get("message_id") else None
@@ -121,6 +125,7 @@ class Typed:
     another agent's (a handoff's target) only once ``follow`` says, so the lines never interleave."""
 
     def __init__(self, agent_id: str) -> None:
+        self.subscribed = False  # the local stack streams replies, and this listens
         self.streaming = False  # a piece arrived: the stream is on
         self.shown: dict[str, str] = {}  # agent -> its reply as typed (after the last reset)
         self.done: dict[str, list[dict[str, Any]]] = {}  # agents whose stream ended: its ends, in order

@@ -25,12 +25,14 @@ from standins.toolcore import PdpStandIn
 from tests.conftest import ROOT, free_port
 
 
-@pytest.fixture
-async def local_stack(nats_server, asgi_apps, tmp_path, monkeypatch):
-    """What `local_runner.py local` starts, in this process: on free ports, with its state file under tmp_path."""
+@pytest.fixture(params=["core"])
+async def local_stack(request, nats_server, asgi_apps, tmp_path, monkeypatch):
+    """What `local_runner.py local` starts, in this process: on free ports, with its state file under
+    tmp_path; in core mode unless a test asks for another (indirect parametrization)."""
     monkeypatch.setattr(embedded, "STATE_FILE", tmp_path / "local-stack.json")
     monkeypatch.setattr(embedded, "SEED_PORTS", {})  # never the seed's ports: a developer's stack may want them
-    s = Settings(nats=NatsSettings(url=nats_server.url), runner=RunnerSettings(port=free_port()))
+    runner = RunnerSettings(port=free_port(), mode=request.param)
+    s = Settings(nats=NatsSettings(url=nats_server.url), runner=runner)
     async with AsyncExitStack() as cleanup:
         s = await stack.start(s, cleanup)
         runtime.install(runtime.Runtime.from_settings(s))
@@ -102,6 +104,15 @@ async def test_say_follows_a_handoff_to_the_agent_that_answers(local_stack, caps
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "agent:sofia: Передаю це питання Helion: він відповість тут."
     assert out[2].startswith("agent:helion: Гарне питання.") and len(out) == 3
+
+
+@pytest.mark.parametrize("local_stack", ["jetstream"], indirect=True)
+async def test_say_follows_a_handoff_in_jetstream_mode_too(local_stack, capsys):
+    s, _ = local_stack
+    assert await tell(s, "ask Helion: how much is in the treasury?") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:3] == ["agent:sofia handed it to agent:helion", out[2]]
+    assert out[2].startswith("agent:helion: Good question.") and len(out) == 3
 
 
 async def test_say_takes_a_bare_agent_name(local_stack, capsys):
