@@ -16,6 +16,7 @@ from shared import summary
 from shared.clients.http import Endpoint
 from shared.contracts import ChannelMessage
 from shared.errors import DependencyError
+from shared.infra import telemetry
 from shared.infra.deadline import Deadline
 from shared.llm import Completion, ToolCall, ToolSpec
 from shared.llm.text_tools import new_marker, text_protocol
@@ -121,13 +122,26 @@ class Toolbox:
                     f"and {self.max_calls_per_run} a message",
                 }
             elif answer is None:
-                result, answer = await self._call(call, deadline)
+                result, answer = await self._traced(call, deadline)
                 self.calls.append({"tool": call.name, "result": result})
                 self._answers[key] = answer
                 ran += 1
             content = _fitted(answer, self.max_result_chars)
             turns.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content})
         return turns
+
+    async def _traced(self, call: ToolCall, deadline: Deadline) -> tuple[str, dict[str, Any]]:
+        """One call in a span of the GenAI conventions (``execute_tool``); its arguments stay out."""
+        with telemetry.span(f"execute_tool {call.name}") as span:
+            if span.recording:
+                span.set("gen_ai.operation.name", "execute_tool")
+                span.set("gen_ai.tool.name", call.name)
+                span.set("gen_ai.tool.call.id", call.id)
+                span.set("gen_ai.tool.type", "function")
+            result, answer = await self._call(call, deadline)
+            if result != "ok":
+                span.fail(result)  # error or denied
+        return result, answer
 
     async def _call(self, call: ToolCall, deadline: Deadline) -> tuple[str, dict[str, Any]]:
         if call.name == HANDOFF and self.handoff_to:

@@ -327,3 +327,30 @@ async def test_one_invocation_through_the_bridge_is_one_trace(stack, nats_server
     assert receiver.child(chat, "POST llm").kind == CLIENT
     assert {s.trace_id for s in receiver.spans} == {UPSTREAM_TRACE}  # one trace, nothing else
     assert not receiver.carries(TEXT)  # neither the member's message nor the reply that echoes it
+
+
+async def test_each_tool_call_is_an_execute_tool_span_without_its_arguments(stack, configure, client, receiver):
+    configure(AGENT_RUNTIME__LLM__PROVIDER="openai")
+    assert telemetry.configure("agent-runtime")
+    stack.pdp.policy = {"agent:sofia": {"task.create"}}  # followup.create is denied
+    stack.openai.script = [
+        [("create_task", {"title": "secret plan"}), ("create_followup", {"text": "later"})],
+        "Done.",
+    ]
+    _, body = _ask(stack)
+
+    response = await client.post("/invoke", json=body, headers={"traceparent": UPSTREAM})
+    telemetry.flush()
+
+    assert response.json()["tool_calls"] == [
+        {"tool": "create_task", "result": "ok"},
+        {"tool": "create_followup", "result": "denied"},
+    ]
+    tools = receiver.child(receiver.one("invoke_agent agent:sofia", UPSTREAM_TRACE), "tools")
+    task = receiver.child(tools, "execute_tool create_task")
+    assert task.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert task.attributes["gen_ai.tool.name"] == "create_task" and task.attributes["gen_ai.tool.call.id"] == "call_0"
+    assert not task.error and receiver.child(task, "POST toolcore").kind == CLIENT
+    followup = receiver.child(tools, "execute_tool create_followup")
+    assert followup.error and followup.attributes["error.type"] == "denied"
+    assert not receiver.carries("secret plan")
