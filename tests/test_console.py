@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 
-from runner.console.auth import COOKIE
+from runner.console.auth import COOKIE, FAILURE_WINDOW_S, MAX_FAILURES, Sessions
 from runner.console.feed import Feed, entry_of
 from runner.console.stats import MAX_AGENTS, OTHER, AgentStats, bucket_of, percentile
 from runner.forward import Answer
@@ -136,6 +136,33 @@ def test_latency_buckets_are_a_tenth_apart():
 
 
 # --- auth -------------------------------------------------------------------------------------
+
+
+async def test_guessing_the_secret_is_slowed_for_everyone_and_header_auth_is_not(stack):
+    run_nats_free = await _console_without_nats(stack)
+    try:
+        async with run_nats_free.client(headers={}, follow_redirects=False) as c:
+            for _ in range(MAX_FAILURES):
+                assert (await c.post("/login", data={"secret": "guess"})).status_code == 403
+            held = await c.post("/login", data={"secret": SECRET})  # even the right one waits now
+            assert held.status_code == 429 and COOKIE not in held.cookies
+            assert 1 <= int(held.headers["retry-after"]) <= FAILURE_WINDOW_S
+            assert "Too many wrong secrets" in held.text
+        async with run_nats_free.client() as scripts:  # the secret in a header is not held
+            assert (await scripts.get("/console/api/info")).status_code == 200
+    finally:
+        await run_nats_free.serving.stop()
+
+
+def test_logins_wait_only_until_the_oldest_wrong_secret_leaves_the_window():
+    now = [1000.0]
+    sessions = Sessions("right", clock=lambda: now[0])
+    for _ in range(MAX_FAILURES):
+        now[0] += 1
+        assert sessions.login("wrong") is None
+    assert sessions.wait_s() == FAILURE_WINDOW_S - (MAX_FAILURES - 1)
+    now[0] += sessions.wait_s()
+    assert sessions.wait_s() == 0.0 and sessions.login("right") is not None
 
 
 async def test_the_console_wants_the_secret_and_its_cookie_is_a_session_not_the_secret(stack):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,6 +137,10 @@ class Console:
         password = parse_qs(body.decode("utf-8", "replace")).get("secret", [""])[0]
         if self.sessions.open:
             return RedirectResponse("/", 303)
+        if wait := self.sessions.wait_s():  # too many wrong secrets lately: guessing is made slow
+            page = _login_page(f"Too many wrong secrets: try again in {math.ceil(wait)} s.", 429)
+            page.headers["Retry-After"] = str(math.ceil(wait))
+            return page
         token = self.sessions.login(password)
         if token is None:
             log.warning("console: a login with a wrong secret")
