@@ -217,7 +217,7 @@ async def claim(run: Run, task: Task) -> None:
     if not claimed.posted:
         return
     handed = next((m.removeprefix(HANDOFF_MARK) for m in claimed.posted if m.startswith(HANDOFF_MARK)), None)
-    if handed is not None:  # a run before this one began to hand the message on: this one finishes that
+    if handed is not None and run.rt.handoff is not None:  # a run before this one began to hand it on: finish that
         run.handoff, run.handing_off, run.marked = Handoff(handed, None), True, claimed.posted
         run.outcome.notes.append("recovered: an earlier run was handing this message on")
         return

@@ -254,3 +254,15 @@ async def test_a_retry_after_a_failed_handoff_sends_that_handoff_without_asking_
     assert [who for who, _ in _said(stack, channel)] == ["agent:sofia"]  # the note, and no reply of Sofia's
     third = (await client.post("/invoke", json=body)).json()
     assert third["status"] == "skipped" and third["handed_off_to"] == "agent:helion"
+
+
+async def test_a_handoff_left_unsent_is_answered_by_the_agent_once_handoffs_are_switched_off(stack, client, configure):
+    rt = configure(LLM_PROXY_URL="", NATS_URL="nats://127.0.0.1:1", AGENT_RUNTIME__HANDOFF__SINK="nats")
+    channel = stack.channel()
+    message = stack.messaging.add_message(channel, "ask Helion: how much is in the treasury?", sender_id="user:alice")
+    body = invocation(channel, message_id=message["id"])
+    assert (await client.post("/invoke", json=body)).status_code == 503  # marked, never sent
+    rt.handoff = None  # the operator switched handoffs off (handoff.sink: none)
+    again = (await client.post("/invoke", json=body)).json()
+    assert again["status"] == "replied" and again["tool_calls"] == []
+    assert [who for who, _ in _said(stack, channel)] == ["agent:sofia"]
