@@ -77,9 +77,9 @@ async def _phases(run: Run) -> Outcome:
         blueprint, variant = await agent(run)
         task = await what_to_answer(run, blueprint)
         await claim(run, task)
-        # a run that takes over a record marked for a handoff sends that one again: no second opinion
-        reply = await converse(run, task, blueprint, variant) if run.handoff is None else ""
-        if run.handoff is not None:
+        # (a run that took over a record marked for a handoff has it already: no second opinion)
+        reply = "" if run.handoff is not None else await converse(run, task, blueprint, variant)
+        if run.handoff is not None:  # the model, or the record, handed the message on
             await hand_off(run, task, blueprint, run.handoff)
             return run.handed_off()
         await deliver(run, task, blueprint, reply)

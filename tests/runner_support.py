@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,7 @@ from starlette.routing import Route
 from runner.bridge import Bridge, flushed
 from shared.infra import sse
 from shared.infra.settings import NatsSettings, RunnerSettings, RuntimeSettings, Settings
-from tests.conftest import invocation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, free_port, invocation
 
 
 async def eventually(
@@ -204,3 +203,30 @@ async def dead_letters(nc: Any, subject: str = DEAD_LETTER_SUBJECT) -> list:
     await nc.subscribe(subject, cb=keep)
     await flushed(nc)
     return received
+
+
+@asynccontextmanager
+async def runner_waiting_for_nats(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[bytes]]]:
+    """``local_runner.py`` (the bridge as deployed) pointed at a NATS nobody serves, once it has tried
+    twice, and its log lines so far; killed on the way out if the test did not stop it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "local_runner.py",
+        *("--nats-url", f"nats://127.0.0.1:{free_port()}", "--port", "0", *options),
+        cwd=ROOT,
+        env={**os.environ, "AGENT_RUNTIME__RUNTIME__LOG_FORMAT": "json"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[bytes] = []
+    try:
+        assert process.stderr is not None
+        while sum(b"ConnectionRefusedError" in line for line in seen) < 2:  # it keeps trying
+            line = await asyncio.wait_for(process.stderr.readline(), 20)
+            assert line, b"".join(seen)
+            seen.append(line)
+        yield process, seen
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -19,7 +19,15 @@ from runner.forward import Answer
 from shared.clients import http as shared_http
 from standins.server import Served
 from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import ScriptedFunction, body_for, bridge, dead_letters, eventually, failed
+from tests.runner_support import (
+    ScriptedFunction,
+    body_for,
+    bridge,
+    dead_letters,
+    eventually,
+    failed,
+    runner_waiting_for_nats,
+)
 
 SUBJECT = "router.invoke.agent"
 DLQ = "router.invoke.agent.dlq"
@@ -335,32 +343,9 @@ async def test_a_retried_invocation_keeps_its_place_in_the_channel(nats_server, 
 
 async def test_a_configured_runner_waits_for_its_nats_and_never_starts_its_own(function):
     """With --function-url (a deployment), an unreachable NATS is retried, not replaced by a private one."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "local_runner.py",
-        "--nats-url",
-        f"nats://127.0.0.1:{free_port()}",
-        "--function-url",
-        function.url,
-        "--port",
-        "0",
-        cwd=ROOT,
-        env={**os.environ, "AGENT_RUNTIME__RUNTIME__LOG_FORMAT": "json"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    seen: list[bytes] = []
-    try:
-        while sum(b"ConnectionRefusedError" in line for line in seen) < 2:  # it keeps trying
-            line = await asyncio.wait_for(process.stderr.readline(), 20)
-            assert line, b"".join(seen)
-            seen.append(line)
+    async with runner_waiting_for_nats("--function-url", function.url) as (process, seen):
         process.send_signal(signal.SIGTERM)  # and a stop request still ends it at once
         assert await asyncio.wait_for(process.wait(), 10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert not any(b"embedded nats-server" in line for line in seen)
 
 

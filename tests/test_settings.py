@@ -22,7 +22,7 @@ from shared import idempotency, llm
 from shared.infra import settings
 from shared.infra.settings import RunnerSettings, Settings
 from tests.conftest import ROOT, free_port, invocation
-from tests.runner_support import FunctionProcess
+from tests.runner_support import FunctionProcess, runner_waiting_for_nats
 
 
 def config(tmp_path: Path, text: str) -> Path:
@@ -200,29 +200,11 @@ def test_runner_never_imports_the_local_stack():
 async def test_the_bridge_as_deployed_serves_the_function_and_waits_for_its_nats():
     """No subcommand, no function URL: the function is served here, but no stand-in and no private NATS."""
     function_port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "local_runner.py",
-        *("--nats-url", f"nats://127.0.0.1:{free_port()}", "--function-port", str(function_port), "--port", "0"),
-        cwd=ROOT,
-        env={**os.environ, "AGENT_RUNTIME__RUNTIME__LOG_FORMAT": "json"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    seen: list[bytes] = []
-    try:
-        while sum(b"ConnectionRefusedError" in line for line in seen) < 2:  # it keeps trying
-            line = await asyncio.wait_for(process.stderr.readline(), 20)
-            assert line, b"".join(seen)
-            seen.append(line)
+    async with runner_waiting_for_nats("--function-port", str(function_port)) as (process, seen):
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"http://127.0.0.1:{function_port}/health")).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert any(b"agent_runtime served" in line for line in seen)
     assert not any(b"embedded nats-server" in line or b"local stack" in line for line in seen)
 

@@ -153,9 +153,7 @@ class Endpoint:
         params: dict[str, str] | None,
         stream: Stream | None = None,
     ) -> Any:
-        timeout = deadline.cap(self.timeout_s)
-        if timeout <= 0:
-            raise DependencyError(self.name, "timeout", "invocation deadline reached", retryable=True, sent=False)
+        timeout = deadline.timeout_for(self.name, self.timeout_s)
         # errors="ignore": a lone surrogate is dropped, not a crash
         url = self._base + path + ("?" + urlencode(params, errors="ignore") if params else "")
         body = None if json_body is None else jsoncodec.dumps(json_body)

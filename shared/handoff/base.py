@@ -41,11 +41,3 @@ class InvocationSink:
     def _check_open(self) -> None:
         if self.closed:  # a redelivery to a live process can still send it
             raise DependencyError(DEPENDENCY, "unavailable", f"{self.name} sink closed", retryable=True, sent=False)
-
-
-def within(deadline: Deadline, timeout_s: float) -> float:
-    """One step's timeout, shortened to end by the deadline; a step with no time left never starts."""
-    timeout = deadline.cap(timeout_s)
-    if timeout <= 0:
-        raise DependencyError(DEPENDENCY, "timeout", "invocation deadline reached", retryable=True, sent=False)
-    return timeout

@@ -13,7 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import DependencyError
-from shared.handoff.base import DEPENDENCY, InvocationSink, within
+from shared.handoff.base import DEPENDENCY, InvocationSink
 from shared.infra import jsoncodec
 from shared.infra.nats_connect import NatsRefused, connect, connect_options
 from shared.infra.observability import redact_url
@@ -62,7 +62,7 @@ class NatsSink(InvocationSink):
         nc = await self._client(deadline)
         body = jsoncodec.dumps(invocation)
         headers = {"Nats-Msg-Id": key}
-        timeout = within(deadline, self.timeout_s)
+        timeout = deadline.timeout_for(DEPENDENCY, self.timeout_s)
         left = False  # core mode: the publish is in the client's hands, bound for the server
         try:
             if self.jetstream:
@@ -113,7 +113,7 @@ class NatsSink(InvocationSink):
         async with self._opening:
             self._check_open()
             if self._nc is None:
-                self._nc = await self._connect(within(deadline, self.timeout_s))
+                self._nc = await self._connect(deadline.timeout_for(DEPENDENCY, self.timeout_s))
             return self._nc
 
     async def _connect(self, wait_s: float) -> Client:

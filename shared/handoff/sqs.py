@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.contracts import FailureKind
 from shared.errors import DependencyError
-from shared.handoff.base import DEPENDENCY, InvocationSink, within
+from shared.handoff.base import DEPENDENCY, InvocationSink
 from shared.infra import jsoncodec
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class SqsSink(InvocationSink):
 
     async def send(self, invocation: dict[str, Any], key: str, deadline: Deadline) -> None:
         self._check_open()
-        timeout = within(deadline, self.timeout_s)
+        timeout = deadline.timeout_for(DEPENDENCY, self.timeout_s)
         send_message = self._boto().send_message
         call = asyncio.to_thread(
             _translate_errors,

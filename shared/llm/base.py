@@ -118,14 +118,15 @@ class Provider:
         except DependencyError as exc:
             if reader is None or exc.status != 400:
                 raise
-            # a server that refuses the stream's fields (an older API version): asked whole from now
-            # on, in this process, and the pipeline shows its answers whole
+            # Refused: asked whole. If that answers, the stream's fields were what the server refuses
+            # (an older API version): whole answers from now on, in this process.
+            completion = await self.complete(request, deadline)
             self.streams = False
             log.warning(
                 "the LLM refused a streamed request: asking for whole answers",
                 extra={"fields": {"provider": self.name}},
             )
-            return await self.complete(request, deadline)
+            return completion
         if reader is not None and data is None:  # it streamed (else it answered as to a plain request)
             completion = reader.completion()
         else:
