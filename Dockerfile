@@ -31,8 +31,9 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # .dockerignore lets in only what runs: no tests, benchmarks or docs.
 COPY . /app
-# compiled now, as root: the service's user cannot write here, and need not compile at each start
-RUN python -m compileall -q /app
+# compiled now, as root: the service's user cannot write here, and need not compile at each start;
+# the blueprint files too (a bad one fails the build)
+RUN python -m compileall -q /app && python -m shared.blueprints
 USER 10001:10001
 EXPOSE 7006 9106
 # The runner's health (NATS connected); HEALTHCHECK_URL points it elsewhere, e.g. the function's

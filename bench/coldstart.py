@@ -12,10 +12,12 @@ on a shared machine hits them alike; a ratio is the median of the per-round rati
 later requests are timed too: a cold start made cheaper by moving its cost onto them would show.
 
 The function runs from a copy of the repository taken at the start, as deployed: the files a deploy
-uploads (.gcloudignore), with the bytecode the deploy's build step compiles (docs/deployment.md:
-``python -m compileall --invalidation-mode checked-hash main.py handlers shared``, which also holds
-after an upload changes the files' times); and, for comparison, from a copy without it (bare sources:
-Python compiles the runtime's own modules at each start, as a deploy skipping that step would).
+uploads (.gcloudignore), with what the deploy's build step makes (docs/deployment.md): the bytecode
+(``python -m compileall --invalidation-mode checked-hash main.py handlers shared``, which also holds
+after an upload changes the files' times) and the compiled blueprint files (``python -m
+shared.blueprints``); and, for comparison, from a copy without either (bare sources: Python compiles
+the runtime's own modules and reads the blueprints' YAML at each start, as a deploy skipping that
+step would).
 Installed packages have their bytecode in both. With ``--tracing``, each round also starts the
 deployed copy with ``OTEL_EXPORTER_OTLP_ENDPOINT`` set (every invocation traced, its spans exported
 to a collector on loopback that discards them).
@@ -47,7 +49,7 @@ TARGET = 1.6
 START_TIMEOUT_S = 30.0
 POLL_S = 0.002
 LATER_REQUESTS = 8  # after the second: what a warm request costs, for comparison
-NOT_DEPLOYED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "tests")
+NOT_DEPLOYED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "tests", ".compiled.json")
 BUILT = ("main.py", "handlers", "shared")  # what the deploy's build step compiles
 
 
@@ -55,8 +57,8 @@ BUILT = ("main.py", "handlers", "shared")  # what the deploy's build step compil
 class ColdStart:
     """Seconds per round: each target's first answer, and agent_runtime's later requests."""
 
-    runtime: list[float] = field(default_factory=list)  # as deployed: its bytecode built and shipped
-    source: list[float] = field(default_factory=list)  # from bare sources: its modules compiled at start
+    runtime: list[float] = field(default_factory=list)  # as deployed: its build step's output shipped
+    source: list[float] = field(default_factory=list)  # from bare sources: compiled and parsed at start
     hello: list[float] = field(default_factory=list)
     second: list[float] = field(default_factory=list)  # agent_runtime's second request
     warm: list[float] = field(default_factory=list)  # its requests after the second, all rounds
@@ -193,20 +195,22 @@ async def first_answer(
             await _stop(process)
 
 
-def deployed_copy(to: Path, *, bytecode: bool) -> Path:
-    """The repository as a function deploys it (no caches, no tests), with the build step's bytecode or not."""
+def deployed_copy(to: Path, *, built: bool) -> Path:
+    """The repository as a function deploys it (no caches, no tests), after the deploy's build step or not."""
     shutil.copytree(ROOT, to, ignore=shutil.ignore_patterns(*NOT_DEPLOYED), symlinks=True)
-    if bytecode:
+    if built:
         mode = py_compile.PycInvalidationMode.CHECKED_HASH
         for name in BUILT:
             path = to / name
-            built = (
+            compiled = (
                 compileall.compile_dir(path, quiet=1, invalidation_mode=mode)
                 if path.is_dir()
                 else compileall.compile_file(path, quiet=1, invalidation_mode=mode)
             )
-            if not built:
+            if not compiled:
                 raise RuntimeError(f"{path}: compileall failed")
+        # the blueprints' step as documented, in the copy (whose settings it reads)
+        subprocess.run([sys.executable, "-m", "shared.blueprints"], cwd=to, check=True, stdout=subprocess.DEVNULL)
     return to
 
 
@@ -223,8 +227,8 @@ async def measure(
     traced = {**traced_env, "PYTHONDONTWRITEBYTECODE": "1"} if traced_env else None
     result = ColdStart()
     with tempfile.TemporaryDirectory(prefix="agent-runtime-deployed-") as tmp:
-        deployed = deployed_copy(Path(tmp) / "deployed", bytecode=True)
-        source = deployed_copy(Path(tmp) / "source", bytecode=False)
+        deployed = deployed_copy(Path(tmp) / "deployed", built=True)
+        source = deployed_copy(Path(tmp) / "source", built=False)
 
         async def runtime(tree: Path, into: list[float], with_env: dict[str, str] = env) -> None:
             first, later = await first_answer(

@@ -3,6 +3,10 @@
 The answer is cached per process for ``agents.cache_ttl_s``. agents-service is optional: when it
 is down the run goes on with the cached blueprint (even a stale one) or the file or the built-in
 agent, and the outcome notes it.
+
+Blueprint files are YAML. A deploy's build step parses and checks them ahead
+(``python -m shared.blueprints``), so a cold start reads JSON and never imports a YAML parser;
+a file changed since is read from its YAML.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pydantic import ValidationError
 from shared.clients.http import Endpoint
 from shared.contracts import Blueprint, BlueprintSource, PromptVariant
 from shared.errors import DependencyError
+from shared.infra import jsoncodec
+from shared.infra import settings as settings_module
 from shared.infra.deadline import Deadline
 from shared.infra.settings import Settings, deep_merge
 
@@ -51,6 +57,18 @@ _OWN_FIELDS = (
     "handoff_to",
     "handoff_note",
 )
+
+
+COMPILED = ".compiled.json"  # the build step's parse of the directory's files, each under its text's digest
+
+
+def blueprint_dir(s: Settings) -> Path:
+    """``agents.blueprints_dir``, relative to the project root unless absolute."""
+    return settings_module.DEFAULT_CONFIG.parent / Path(s.agents.blueprints_dir)
+
+
+def blueprint_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.yaml")) if directory.is_dir() else []
 
 
 def display_name(agent_id: str) -> str:
@@ -136,19 +154,14 @@ class BlueprintChain:
         """The blueprint files by agent id, read once per process; a bad file is logged and left out."""
         if self._files is None:
             self._files = {}
-            paths = sorted(self.directory.glob("*.yaml")) if self.directory.is_dir() else []
-            if paths:
-                import yaml  # only when there are files to read
-
-                # the safe loader: libyaml's where the wheel has it
-                loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
+            paths = blueprint_files(self.directory)
+            compiled = _compiled(self.directory) if paths else {}
             for path in paths:
                 try:
-                    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506  # nosec B506
+                    data = _read(path, compiled)
                     agent_id = data.get("id") or f"agent:{path.stem}"
                     self._build(agent_id, data)
-                except (OSError, ValueError, AttributeError, yaml.YAMLError) as exc:
+                except (OSError, ValueError, AttributeError) as exc:
                     log.error("blueprint file %s left out: %s", path.name, exc)
                     continue
                 self._files[agent_id] = data
@@ -174,3 +187,89 @@ class BlueprintChain:
         while len(self._cache) > self.settings.agents.cache_size:
             self._cache.popitem(last=False)
         return loaded
+
+
+def _read(path: Path, compiled: dict[str, Any]) -> Any:
+    """A file's data: the compiled parse when it was made from the file's current text, else its YAML."""
+    text = path.read_bytes()
+    entry = compiled.get(path.name)
+    if isinstance(entry, dict) and entry.get("sha256") == hashlib.sha256(text).hexdigest():
+        return entry.get("data")
+    return _parse(text)
+
+
+def _parse(text: bytes) -> Any:
+    import yaml  # only for a file the build step did not compile
+
+    try:
+        # the safe loader: libyaml's where the wheel has it
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506  # nosec B506
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not YAML: {exc}") from None
+
+
+def _compiled(directory: Path) -> dict[str, Any]:
+    """The build step's parses by file name; none when there is no compiled file or it is unreadable."""
+    try:
+        compiled = jsoncodec.loads((directory / COMPILED).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s ignored, the blueprint files are read from YAML: %s", directory / COMPILED, exc)
+        return {}
+    return compiled if isinstance(compiled, dict) else {}
+
+
+def compile_dir(directory: Path, s: Settings) -> tuple[Path, list[str]]:
+    """Parse and check every blueprint file in ``directory`` and write their parses to its compiled
+    file; the written path and the files kept in it. A bad file raises ValueError naming it; a file
+    whose data JSON cannot hold as it is stays out (it is read from its YAML)."""
+    chain = BlueprintChain(s, None, directory)
+    entries: dict[str, Any] = {}
+    for path in blueprint_files(directory):
+        try:
+            text = path.read_bytes()
+            data = _parse(text)
+            chain._build(data.get("id") or f"agent:{path.stem}", data)
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        entry = {"sha256": hashlib.sha256(text).hexdigest(), "data": data}
+        try:
+            if jsoncodec.loads(jsoncodec.dumps(entry))["data"] == data:  # e.g. dates and number keys do not
+                entries[path.name] = entry
+        except (TypeError, ValueError):
+            pass
+    target = directory / COMPILED
+    partial = target.with_name(f"{COMPILED}.partial")
+    partial.write_bytes(jsoncodec.dumps(entries))
+    partial.replace(target)  # a reader sees the old file or the new one, never half of one
+    return target, sorted(entries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m shared.blueprints [DIR]: the build step for blueprint files (docs/deployment.md)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m shared.blueprints", description=main.__doc__)
+    parser.add_argument("directory", nargs="?", type=Path, help="default: agents.blueprints_dir")
+    args = parser.parse_args(argv)
+    s = settings_module.load()
+    directory = args.directory or blueprint_dir(s)
+    if not directory.is_dir():
+        print(f"{directory}: not a directory", file=sys.stderr)
+        return 2
+    try:
+        target, kept = compile_dir(directory, s)
+    except ValueError as exc:
+        print(f"blueprint refused: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot write the compiled blueprints: {exc}", file=sys.stderr)
+        return 1
+    print(f"{target}: {', '.join(kept) or 'no files'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,12 +5,11 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from shared import handoff as sinks
 from shared import idempotency as backends
 from shared import llm
-from shared.blueprints import BlueprintChain
+from shared.blueprints import BlueprintChain, blueprint_dir
 from shared.clients.http import Endpoint
 from shared.clients.memory import MemoryClient
 from shared.clients.messaging import MessagingClient
@@ -94,7 +93,7 @@ class Runtime:
             blueprints=BlueprintChain(
                 s,
                 endpoint("agents", s.agents) if s.agents.url else None,
-                settings_module.DEFAULT_CONFIG.parent / Path(s.agents.blueprints_dir),
+                blueprint_dir(s),
             ),
             idempotency=idempotency or backends.build(s),
             toolcore=endpoint("toolcore", s.tools),

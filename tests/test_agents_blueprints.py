@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+import shutil
+import subprocess
+import sys
+
 import pytest
 
-from shared.blueprints import BlueprintChain, pick_variant
+from shared.blueprints import COMPILED, BlueprintChain, pick_variant
 from shared.contracts import Blueprint
-from shared.infra import settings
+from shared.infra import jsoncodec, settings
 from shared.infra.deadline import Deadline
 from standins.server import Fault
-from tests.conftest import invocation
+from tests.conftest import ROOT, invocation
 
 
 async def _ask(stack, client, agent_id: str, channel: str | None = None) -> dict:
@@ -184,3 +189,62 @@ async def test_unknown_agents_share_one_metric_label(stack, client):
 
     assert "stranger" not in text
     assert 'agent_runtime_invocations_total{agent_id="unknown",entrypoint="channel_message",outcome="skipped"}' in text
+
+
+def _compile(directory) -> subprocess.CompletedProcess:
+    """The deploy's build step for blueprint files, as documented."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.blueprints", str(directory)], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_compiled_blueprints_are_read_without_a_yaml_parser(tmp_path):
+    shutil.copytree(ROOT / "blueprints", tmp_path, dirs_exist_ok=True)
+    (tmp_path / COMPILED).unlink(missing_ok=True)
+    assert _compile(tmp_path).returncode == 0
+    # a fresh process, as a cold start: the files' data, and no YAML module imported for it
+    probe = (
+        "import sys; from shared.blueprints import BlueprintChain; from shared.infra import settings;"
+        f"files = BlueprintChain(settings.load({{}}), None, __import__('pathlib').Path({str(tmp_path)!r})).files();"
+        "print(sorted(files), 'yaml' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["['agent:helion',", "'agent:sofia']", "False"]
+    assert _chain(tmp_path).files() == _chain(ROOT / "blueprints").files()  # the same data as from the YAML
+
+
+def test_a_file_changed_after_compiling_is_read_from_its_yaml(tmp_path):
+    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Goodie\ninstructions: Be good.\n")
+    assert _compile(tmp_path).returncode == 0
+    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Better\ninstructions: Be better.\n")
+    (tmp_path / "new.yaml").write_text("name: Newcomer\n")
+
+    files = _chain(tmp_path).files()
+    assert files["agent:good"]["name"] == "Better" and files["agent:new"]["name"] == "Newcomer"
+
+
+def test_compiling_refuses_a_bad_blueprint_by_name(tmp_path):
+    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Goodie\n")
+    (tmp_path / "broken.yaml").write_text("id: agent:broken\ntemperature: 9\n")
+
+    result = _compile(tmp_path)
+    assert result.returncode == 1 and "broken.yaml" in result.stderr and "temperature" in result.stderr
+    assert not (tmp_path / COMPILED).exists()
+
+
+def test_data_json_cannot_hold_is_left_to_the_yaml(tmp_path):
+    # a date and a number key: JSON would give them back as strings
+    (tmp_path / "dated.yaml").write_text("id: agent:dated\ncapabilities:\n  since: 2024-05-01\n  days: {7: lucky}\n")
+    assert _compile(tmp_path).returncode == 0
+    assert "dated.yaml" not in jsoncodec.loads((tmp_path / COMPILED).read_bytes())
+
+    capabilities = _chain(tmp_path).files()["agent:dated"]["capabilities"]
+    assert capabilities == {"since": datetime.date(2024, 5, 1), "days": {7: "lucky"}}
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"good.yaml": {"sha256": 1}}'])
+def test_an_unreadable_compiled_file_is_not_trusted(tmp_path, content):
+    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Goodie\n")
+    (tmp_path / COMPILED).write_bytes(content)
+
+    assert _chain(tmp_path).files()["agent:good"]["name"] == "Goodie"

@@ -22,6 +22,7 @@ from runner.console.chat import Chat, ChatError
 from runner.console.deadletters import LIST_LIMIT, DeadLetters, Gone
 from runner.console.feed import Entry, Feed
 from runner.console.stats import AGENT_ID
+from shared.blueprints import blueprint_dir, blueprint_files
 from shared.contracts import AGENT_ID_PATTERN
 from shared.infra import jsoncodec
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_runtime.runner")
 
 STATIC = Path(__file__).resolve().parent / "static"
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BODY = 16 * 1024  # the console's requests are small JSON or a login form
 DEMO_CHANNEL = "7c72d497-27aa-4e75-bb2f-4a4a21d4f91f"  # the local stack's demo channel: the chat's default
 KEEP_ALIVE_S = 15.0  # an idle event stream sends a comment this often, so proxies keep it open
@@ -266,9 +266,7 @@ class Console:
 
 def known_agents(s: Settings) -> list[str]:
     """The agents a chat may pick by default: one per blueprint file, and those configured as known."""
-    directory = Path(s.agents.blueprints_dir)
-    directory = directory if directory.is_absolute() else ROOT / directory
-    files = [f"agent:{p.stem}" for p in directory.glob("*.yaml")] if directory.is_dir() else []
+    files = [f"agent:{p.stem}" for p in blueprint_files(blueprint_dir(s))]
     return sorted({*files, *s.agents.known})
 
 
