@@ -1,7 +1,5 @@
 """Typed models at every boundary: what arrives, what the services answer, what a run ends in."""
 
-from __future__ import annotations
-
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal

@@ -7,13 +7,11 @@ the secrets' names from contracts.md are kept as aliases (``ENV_ALIASES``). A va
 counts even when it is empty: ``LLM_PROXY_URL=`` means no LLM, the keyword mock answers.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -177,7 +175,7 @@ class RuntimeSettings(_Section):
     log_format: Literal["auto", "json", "text"] = "auto"
 
     @model_validator(mode="after")
-    def _ttl_outlives_deadline(self) -> RuntimeSettings:
+    def _ttl_outlives_deadline(self) -> Self:
         # a record that expired while its run was still going would let a duplicate in
         if self.idempotency_in_progress_ttl_s <= self.deadline_s:
             raise ValueError("idempotency_in_progress_ttl_s must be longer than deadline_s")
