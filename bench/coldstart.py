@@ -49,7 +49,17 @@ TARGET = 1.6
 START_TIMEOUT_S = 30.0
 POLL_S = 0.002
 LATER_REQUESTS = 8  # after the second: what a warm request costs, for comparison
-NOT_DEPLOYED = (".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", ".hypothesis", "tests", ".compiled.json")
+NOT_DEPLOYED = (
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+    "tests",
+    ".compiled.json",
+)
 BUILT = ("main.py", "handlers", "shared")  # what the deploy's build step compiles
 
 
