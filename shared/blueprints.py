@@ -254,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.blueprints", description=main.__doc__)
     parser.add_argument("directory", nargs="?", type=Path, help="default: agents.blueprints_dir")
     args = parser.parse_args(argv)
-    s = settings_module.load()
+    try:
+        s = settings_module.load()
+    except (ValueError, OSError) as exc:
+        print(f"settings: {exc}", file=sys.stderr)
+        return 2
     directory = args.directory or blueprint_dir(s)
     if not directory.is_dir():
         print(f"{directory}: not a directory", file=sys.stderr)
