@@ -58,7 +58,7 @@ NOT_DEPLOYED = (
     ".ruff_cache",
     ".hypothesis",
     "tests",
-    ".compiled.json",
+    ".compiled.json*",
 )
 BUILT = ("main.py", "handlers", "shared")  # what the deploy's build step compiles
 

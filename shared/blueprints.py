@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -159,7 +161,7 @@ class BlueprintChain:
             for path in paths:
                 try:
                     data = _read(path, compiled)
-                    agent_id = data.get("id") or f"agent:{path.stem}"
+                    agent_id = file_agent_id(path, data)
                     self._build(agent_id, data)
                 except (OSError, ValueError, AttributeError) as exc:
                     log.error("blueprint file %s left out: %s", path.name, exc)
@@ -189,12 +191,21 @@ class BlueprintChain:
         return loaded
 
 
+def file_agent_id(path: Path, data: dict[str, Any]) -> str:
+    """A blueprint file's agent: its ``id``, else named after the file."""
+    return data.get("id") or f"agent:{path.stem}"
+
+
 def _read(path: Path, compiled: dict[str, Any]) -> Any:
     """A file's data: the compiled parse when it was made from the file's current text, else its YAML."""
     text = path.read_bytes()
     entry = compiled.get(path.name)
-    if isinstance(entry, dict) and entry.get("sha256") == hashlib.sha256(text).hexdigest():
-        return entry.get("data")
+    if (
+        isinstance(entry, dict)
+        and entry.get("sha256") == hashlib.sha256(text).hexdigest()
+        and isinstance(entry.get("data"), dict)
+    ):
+        return entry["data"]
     return _parse(text)
 
 
@@ -203,7 +214,7 @@ def _parse(text: bytes) -> Any:
 
     try:
         # the safe loader: libyaml's where the wheel has it
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506  # nosec B506
+        return yaml.load(text.decode("utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506  # nosec B506
     except yaml.YAMLError as exc:
         raise ValueError(f"not YAML: {exc}") from None
 
@@ -220,30 +231,48 @@ def _compiled(directory: Path) -> dict[str, Any]:
     return compiled if isinstance(compiled, dict) else {}
 
 
+def _json_keeps(data: Any) -> bool:
+    """Whether JSON gives back exactly ``data`` (dates, number keys, big integers it does not)."""
+    try:
+        encoded = jsoncodec.dumps(data)
+        again = jsoncodec.loads(encoded)
+    except (TypeError, ValueError):
+        return False
+    return again == data and jsoncodec.dumps(again) == encoded
+
+
 def compile_dir(directory: Path, s: Settings) -> tuple[Path, list[str]]:
     """Parse and check every blueprint file in ``directory`` and write their parses to its compiled
-    file; the written path and the files kept in it. A bad file raises ValueError naming it; a file
-    whose data JSON cannot hold as it is stays out (it is read from its YAML)."""
+    file; the written path and the files kept in it. A bad file, or two files for one agent, raise
+    ValueError naming them; a file whose data JSON cannot hold as it is stays out (it is read from its
+    YAML)."""
     chain = BlueprintChain(s, None, directory)
     entries: dict[str, Any] = {}
+    seen: dict[str, Path] = {}
     for path in blueprint_files(directory):
         try:
             text = path.read_bytes()
             data = _parse(text)
-            chain._build(data.get("id") or f"agent:{path.stem}", data)
+            agent_id = file_agent_id(path, data)
+            chain._build(agent_id, data)
         except (OSError, ValueError, AttributeError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-        entry = {"sha256": hashlib.sha256(text).hexdigest(), "data": data}
-        try:
-            if jsoncodec.loads(jsoncodec.dumps(entry))["data"] == data:  # e.g. dates and number keys do not
-                entries[path.name] = entry
-        except (TypeError, ValueError):
-            pass
-    target = directory / COMPILED
-    partial = target.with_name(f"{COMPILED}.partial")
-    partial.write_bytes(jsoncodec.dumps(entries))
-    partial.replace(target)  # a reader sees the old file or the new one, never half of one
-    return target, sorted(entries)
+        if agent_id in seen:
+            raise ValueError(f"{seen[agent_id]} and {path} are both {agent_id}")
+        seen[agent_id] = path
+        if _json_keeps(data):
+            entries[path.name] = {"sha256": hashlib.sha256(text).hexdigest(), "data": data}
+    # written beside the target, then moved over it: a reader sees the old file or the new one
+    fd, partial = tempfile.mkstemp(prefix=f"{COMPILED}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)  # readable by the service's user, as the YAML files are
+            out.write(jsoncodec.dumps(entries))
+        os.replace(partial, directory / COMPILED)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return directory / COMPILED, list(entries)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,13 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m shared.blueprints", description=main.__doc__)
-    parser.add_argument("directory", nargs="?", type=Path, help="default: agents.blueprints_dir")
+    parser.add_argument("directory", nargs="?", type=Path, help="default: the project's blueprints/")
     args = parser.parse_args(argv)
-    try:
-        s = settings_module.load()
-    except (ValueError, OSError) as exc:
-        print(f"settings: {exc}", file=sys.stderr)
-        return 2
+    # checked against the built-in settings: a build reads no deployment's environment or secrets
+    s = Settings()
     directory = args.directory or blueprint_dir(s)
     if not directory.is_dir():
         print(f"{directory}: not a directory", file=sys.stderr)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from shared.blueprints import COMPILED, BlueprintChain, pick_variant
+from shared.blueprints import COMPILED, BlueprintChain, _parse, pick_variant
 from shared.contracts import Blueprint
 from shared.infra import jsoncodec, settings
 from shared.infra.deadline import Deadline
@@ -210,7 +211,8 @@ def test_compiled_blueprints_are_read_without_a_yaml_parser(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["['agent:helion',", "'agent:sofia']", "False"]
-    assert _chain(tmp_path).files() == _chain(ROOT / "blueprints").files()  # the same data as from the YAML
+    from_yaml = {f"agent:{p.stem}": _parse(p.read_bytes()) for p in tmp_path.glob("*.yaml")}
+    assert repr(_chain(tmp_path).files()) == repr(dict(sorted(from_yaml.items())))  # the YAML's data, types and all
 
 
 def test_a_file_changed_after_compiling_is_read_from_its_yaml(tmp_path):
@@ -232,19 +234,46 @@ def test_compiling_refuses_a_bad_blueprint_by_name(tmp_path):
     assert not (tmp_path / COMPILED).exists()
 
 
-def test_data_json_cannot_hold_is_left_to_the_yaml(tmp_path):
-    # a date and a number key: JSON would give them back as strings
-    (tmp_path / "dated.yaml").write_text("id: agent:dated\ncapabilities:\n  since: 2024-05-01\n  days: {7: lucky}\n")
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        ("since: 2024-05-01", {"since": datetime.date(2024, 5, 1)}),  # JSON: a string
+        ("days: {7: lucky}", {"days": {7: "lucky"}}),  # JSON: a string key
+        ("quota: 100000000000000000000", {"quota": 10**20}),  # JSON, as read back: a float
+    ],
+)
+def test_data_json_cannot_hold_is_left_to_the_yaml(tmp_path, capabilities, expected):
+    (tmp_path / "odd.yaml").write_text(f"id: agent:odd\ncapabilities:\n  {capabilities}\n")
+    (tmp_path / "plain.yaml").write_text("id: agent:plain\n")
     assert _compile(tmp_path).returncode == 0
-    assert "dated.yaml" not in jsoncodec.loads((tmp_path / COMPILED).read_bytes())
+    assert list(jsoncodec.loads((tmp_path / COMPILED).read_bytes())) == ["plain.yaml"]
 
-    capabilities = _chain(tmp_path).files()["agent:dated"]["capabilities"]
-    assert capabilities == {"since": datetime.date(2024, 5, 1), "days": {7: "lucky"}}
+    read = _chain(tmp_path).files()["agent:odd"]["capabilities"]
+    assert repr(read) == repr(expected)
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"good.yaml": {"sha256": 1}}'])
+def test_compiling_refuses_two_files_for_one_agent(tmp_path):
+    (tmp_path / "a.yaml").write_text("id: agent:same\n")
+    (tmp_path / "b.yaml").write_text("id: agent:same\n")
+
+    result = _compile(tmp_path)
+    assert result.returncode == 1 and "a.yaml" in result.stderr and "b.yaml" in result.stderr
+
+
+GOOD = b"id: agent:good\nname: Goodie\n"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'{"good.yaml": {"sha256": 1}}',
+        b'{"good.yaml": {"sha256": "%s", "data": null}}' % hashlib.sha256(GOOD).hexdigest().encode(),
+    ],
+)
 def test_an_unreadable_compiled_file_is_not_trusted(tmp_path, content):
-    (tmp_path / "good.yaml").write_text("id: agent:good\nname: Goodie\n")
+    (tmp_path / "good.yaml").write_bytes(GOOD)
     (tmp_path / COMPILED).write_bytes(content)
 
     assert _chain(tmp_path).files()["agent:good"]["name"] == "Goodie"

@@ -22,7 +22,7 @@ from runner.console.chat import Chat, ChatError
 from runner.console.deadletters import LIST_LIMIT, DeadLetters, Gone
 from runner.console.feed import Entry, Feed
 from runner.console.stats import AGENT_ID
-from shared.blueprints import blueprint_dir, blueprint_files
+from shared.blueprints import BlueprintChain, blueprint_dir
 from shared.contracts import AGENT_ID_PATTERN
 from shared.infra import jsoncodec
 
@@ -266,7 +266,7 @@ class Console:
 
 def known_agents(s: Settings) -> list[str]:
     """The agents a chat may pick by default: one per blueprint file, and those configured as known."""
-    files = [f"agent:{p.stem}" for p in blueprint_files(blueprint_dir(s))]
+    files = BlueprintChain(s, None, blueprint_dir(s)).files()  # the agents of the valid files, by their ids
     return sorted({*files, *s.agents.known})
 
 
