@@ -143,12 +143,14 @@ class Blueprint(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(1000, ge=1, le=32000)
     memory: MemoryPolicy = MemoryPolicy()
-    tools: list[str] = []
+    # factories are lambdas, not list/dict: pydantic reads a factory's signature, a builtin's only by
+    # compiling the tokenizer's patterns, at each cold start; a literal default is deep-copied per instance
+    tools: list[str] = Field(default_factory=lambda: [])
     # agents this one may hand a message to (the built-in handoff tool), and what it then posts itself
-    handoff_to: list[Annotated[str, Field(pattern=AGENT_ID_PATTERN)]] = Field([], max_length=20)
+    handoff_to: list[Annotated[str, Field(pattern=AGENT_ID_PATTERN)]] = Field(default_factory=lambda: [], max_length=20)
     handoff_note: str | None = Field(None, max_length=500)  # "{agent}": the target; none: it posts nothing
-    variants: list[PromptVariant] = []
-    capabilities: dict[str, Any] = {}
+    variants: list[PromptVariant] = Field(default_factory=lambda: [])
+    capabilities: dict[str, Any] = Field(default_factory=lambda: {})
     active: bool = True
 
 
@@ -256,13 +258,13 @@ class Outcome(BaseModel):
     variant: str | None = None  # the prompt variant (A/B) this channel is assigned
     prompt_tokens: int | None = None  # estimated, after fitting the context window
     usage: TokenUsage | None = None  # what the LLM calls spent (none when only the mock answered)
-    trimmed: dict[str, int] = {}  # what the fitting dropped: memory items, history turns
-    tool_calls: list[dict[str, str]] = []  # {"tool", "result"}; never arguments
+    trimmed: dict[str, int] = Field(default_factory=lambda: {})  # what the fitting dropped: memory items, history turns
+    tool_calls: list[dict[str, str]] = Field(default_factory=lambda: [])  # {"tool", "result"}; never arguments
     reason: SkipReason | None = None
     step: Step | None = None
     kind: FailureKind | None = None
     retryable: bool | None = None
     error: str | None = None
     retry_after_s: float | None = None
-    notes: list[str] = []  # degradations: what the run did without
-    timings_ms: dict[str, float] = {}
+    notes: list[str] = Field(default_factory=lambda: [])  # degradations: what the run did without
+    timings_ms: dict[str, float] = Field(default_factory=lambda: {})

@@ -98,10 +98,13 @@ class LlmSettings(ServiceSettings):
         }
     )
 
+    # factories are lambdas, not list/dict: pydantic reads a factory's signature, a builtin's only by
+    # compiling the tokenizer's patterns, at each cold start; a literal default is deep-copied per instance
+
     # cost is counted for the models priced here (the answering model's name, else the one asked for)
-    prices: dict[str, ModelPrice] = {}
+    prices: dict[str, ModelPrice] = Field(default_factory=lambda: {})
     daily_token_budget: int | None = Field(None, ge=0)  # tokens an agent may spend a UTC day; none: no limit
-    agent_budgets: dict[str, NonNegativeInt] = {}  # agent id -> its own daily budget
+    agent_budgets: dict[str, NonNegativeInt] = Field(default_factory=lambda: {})  # agent id -> its own daily budget
 
     def limits(self, model: str) -> ModelLimits:
         return self.models.get(model, self.default_limits)
@@ -120,7 +123,7 @@ class AgentsSettings(ServiceSettings):
     blueprints_dir: str = "blueprints"  # relative to the project root unless absolute
     cache_ttl_s: float = Field(300.0, ge=0)
     cache_size: int = Field(1024, ge=1)  # blueprints kept (LRU)
-    known: list[str] = []  # ids answered by the built-in agent with no blueprint
+    known: list[str] = Field(default_factory=lambda: [])  # ids answered by the built-in agent with no blueprint
     allow_unknown: bool = False  # answer any other id with the built-in agent too
     max_handoffs: int = Field(2, ge=0, le=10)  # hops a message may be handed on; past them the tool is not offered
 
